@@ -1,0 +1,136 @@
+"""The hand model: MANO through smplx, 21 joints in OpenPose order, left hands by mirroring.
+
+Loading happens in the constructor (a converted MANO ``.npz`` or the built-in procedural
+hand); ``forward`` is pure tensor math, as in smplx's body models.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import smplx
+import torch
+from smplx.utils import Struct
+from torch import nn
+
+from .mano_io import load_hand_model_npz
+from .procedural_hand import procedural_hand_model
+
+NUM_JOINTS = 21
+ROOT_JOINT = 9  # middle-finger MCP, the root of root-relative coordinates (as the paper)
+# OpenPose hand order from MANO's 16 joints followed by the 5 fingertips (thumb..pinky).
+OPENPOSE_FROM_MANO = (0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20)
+# Parent of each OpenPose joint (for drawing skeletons and bone lengths).
+OPENPOSE_PARENTS = (-1, 0, 1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0, 17, 18, 19)
+OPENPOSE_NAMES = (
+    "wrist", "thumb_cmc", "thumb_mcp", "thumb_ip", "thumb_tip",
+    "index_mcp", "index_pip", "index_dip", "index_tip",
+    "middle_mcp", "middle_pip", "middle_dip", "middle_tip",
+    "ring_mcp", "ring_pip", "ring_dip", "ring_tip",
+    "pinky_mcp", "pinky_pip", "pinky_dip", "pinky_tip",
+)
+MIRROR = np.array([-1.0, 1.0, 1.0])  # reflection x → -x that turns a right hand into a left one
+PROCEDURAL = "procedural"
+
+
+def mirror_axis_angle(pose: np.ndarray | torch.Tensor):
+    """Axis-angle rotations (..., 3k) of a right hand → the mirrored left hand's (and back)."""
+    sign = np.tile([1.0, -1.0, -1.0], pose.shape[-1] // 3)
+    if isinstance(pose, torch.Tensor):
+        return pose * torch.as_tensor(sign, dtype=pose.dtype, device=pose.device)
+    return np.asarray(pose) * sign
+
+
+def mirror_hand_model(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A left-hand model that is the exact mirror image (x → -x) of a right-hand model."""
+    out = {k: np.array(v, copy=True) for k, v in data.items()}
+    out["v_template"] = out["v_template"] * MIRROR
+    out["shapedirs"] = out["shapedirs"] * MIRROR[None, :, None]
+    # pose feature (R - I) of joint j, entry (a, b) changes by m_a m_b under R → M R M;
+    # its vertex offset along c by m_c.
+    m_ab = np.outer(MIRROR, MIRROR).ravel()
+    feature_sign = np.tile(m_ab, out["posedirs"].shape[-1] // 9)
+    out["posedirs"] = out["posedirs"] * MIRROR[None, :, None] * feature_sign[None, None, :]
+    out["f"] = out["f"][:, [0, 2, 1]]  # a reflection flips the winding
+    out["hands_mean"] = mirror_axis_angle(out["hands_mean"])
+    out["hands_components"] = mirror_axis_angle(out["hands_components"])
+    return out
+
+
+def load_hand_model_data(model_path: Optional[str | Path] = None) -> tuple[dict[str, np.ndarray], str, str]:
+    """(arrays, source name, sha256) of a converted MANO ``.npz`` or the procedural hand."""
+    if model_path in (None, "", PROCEDURAL):
+        data = procedural_hand_model()
+        digest = hashlib.sha256()
+        for key in sorted(data):
+            digest.update(key.encode())
+            digest.update(np.ascontiguousarray(data[key]).tobytes())
+        return data, PROCEDURAL, digest.hexdigest()
+    path = Path(model_path)
+    data = load_hand_model_npz(path)
+    return data, str(path), hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class HandOutput:
+    vertices: torch.Tensor  # (B, V, 3)
+    joints: torch.Tensor  # (B, 21, 3), OpenPose order
+    mano_joints: torch.Tensor  # (B, 16, 3), MANO order
+
+
+class HandModel(nn.Module):
+    """MANO-format hand model (smplx LBS) returning 21 OpenPose-ordered joints.
+
+    ``model_path``: a ``.npz`` made by ``hamuco prepare-mano``, or None for the procedural
+    hand. ``side="left"`` builds the mirror image of the right-hand model; its pose
+    parameters are the mirrored ones (see :func:`mirror_axis_angle`).
+    """
+
+    def __init__(self, model_path: Optional[str | Path] = None, side: str = "right",
+                 num_betas: int = 10, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if side not in ("right", "left"):
+            raise ValueError(f"side must be 'right' or 'left', not {side!r}")
+        data, self.source, self.sha256 = load_hand_model_data(model_path)
+        if side == "left":
+            data = mirror_hand_model(data)
+        self.side = side
+        tips = data.pop("tip_vertex_ids")
+        with contextlib.redirect_stdout(io.StringIO()):  # smplx prints a note about 10 betas
+            self.layer = smplx.MANO(
+                model_path="", data_struct=Struct(**data), is_rhand=side == "right", use_pca=False,
+                flat_hand_mean=True, num_betas=num_betas, create_global_orient=False,
+                create_hand_pose=False, create_betas=False, create_transl=False, dtype=dtype)
+        self.num_betas = self.layer.num_betas
+        self.register_buffer("tip_vertex_ids", torch.as_tensor(tips, dtype=torch.long), persistent=False)
+        self.register_buffer("openpose_index", torch.as_tensor(OPENPOSE_FROM_MANO, dtype=torch.long),
+                             persistent=False)
+        self.faces = np.asarray(data["f"], dtype=np.int64)
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.layer.v_template.shape[0])
+
+    def forward(self, global_orient: torch.Tensor, hand_pose: torch.Tensor, betas: torch.Tensor,
+                transl: Optional[torch.Tensor] = None) -> HandOutput:
+        """Axis-angle ``global_orient`` (B, 3), ``hand_pose`` (B, 45), ``betas`` (B, ≤10)."""
+        if betas.shape[-1] < self.num_betas:
+            betas = torch.nn.functional.pad(betas, (0, self.num_betas - betas.shape[-1]))
+        out = self.layer(betas=betas[..., : self.num_betas], global_orient=global_orient,
+                         hand_pose=hand_pose, transl=transl)
+        vertices, mano_joints = out.vertices, out.joints
+        tips = vertices[:, self.tip_vertex_ids]
+        joints = torch.cat([mano_joints, tips], dim=1)[:, self.openpose_index]
+        return HandOutput(vertices=vertices, joints=joints, mano_joints=mano_joints)
+
+    def rest_joints(self, betas: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """OpenPose joints (21, 3) of the flat rest pose for the given shape."""
+        dtype = self.layer.v_template.dtype
+        b = torch.zeros(1, self.num_betas, dtype=dtype) if betas is None else betas.reshape(1, -1).to(dtype)
+        z = torch.zeros(1, 3, dtype=dtype)
+        return self(z, torch.zeros(1, 45, dtype=dtype), b).joints[0]

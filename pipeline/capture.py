@@ -1,0 +1,414 @@
+"""Capture format v1: a directory of synchronized multi-camera frames plus calibration.
+
+Layout (paths inside ``capture.json`` are relative to the capture directory)::
+
+    capture.json            format, version, handedness, frame ids, cameras
+    images/<camera>/<frame>.png|jpg   one image per camera and frame (or)
+    videos/<camera>.mp4     one video per camera, frames synchronized by index
+    ground_truth.npz        optional: joints, hand-model parameters, 2D projections
+    masks/<camera>/<frame>.png        optional: 0 background, 1 hand, 2 forearm, 3 occluder
+
+See the README for every field. The reader is lenient: :func:`parse_capture` returns the
+capture together with every problem found in ``capture.json``, so that validation can report
+all of them at once; :func:`load_capture` raises on the first error-level problem.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import cv2
+import numpy as np
+
+from model.errors import HamucoError
+
+CAPTURE_FORMAT = "hamuco-capture"
+CAPTURE_VERSION = 1
+CAPTURE_FILE = "capture.json"
+GROUND_TRUTH_FILE = "ground_truth.npz"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+HANDEDNESS = ("right", "left")
+
+
+class CaptureError(HamucoError):
+    """A capture cannot be read; the message names the file, frame and camera."""
+
+
+@dataclass
+class Problem:
+    """One finding about a capture, located as precisely as possible."""
+
+    severity: str  # "error" or "warning"
+    code: str
+    message: str
+    file: Optional[str] = None
+    frame: Optional[str] = None
+    camera: Optional[str] = None
+
+    def __str__(self) -> str:
+        where = [x for x in (self.file, f"frame {self.frame}" if self.frame is not None else None,
+                             f"camera {self.camera}" if self.camera is not None else None) if x]
+        return f"{self.severity}: [{self.code}] {', '.join(where)}{': ' if where else ''}{self.message}"
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class Camera:
+    """One camera: image size, optional intrinsics/distortion, optional world→camera pose."""
+
+    name: str
+    width: int
+    height: int
+    K: Optional[np.ndarray] = None
+    dist: Optional[np.ndarray] = None
+    R: Optional[np.ndarray] = None
+    t: Optional[np.ndarray] = None
+    images: Optional[str] = None  # pattern with "{frame}", relative to the capture root
+    video: Optional[str] = None  # or one video file, relative to the capture root
+
+    @property
+    def has_intrinsics(self) -> bool:
+        return self.K is not None
+
+    @property
+    def has_extrinsics(self) -> bool:
+        return self.R is not None and self.t is not None
+
+    def project(self, points_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """World points (..., 3) → pixels (..., 2) and depth (...,), with distortion."""
+        if not (self.has_intrinsics and self.has_extrinsics):
+            raise CaptureError(f"camera {self.name}: projection needs intrinsics K and extrinsics R, t")
+        pts = np.asarray(points_world, dtype=np.float64)
+        cam = pts.reshape(-1, 3) @ self.R.T + self.t
+        depth = cam[:, 2]
+        if self.dist is not None and np.any(self.dist != 0):
+            uv, _ = cv2.projectPoints(cam, np.zeros(3), np.zeros(3), self.K, self.dist)
+            uv = uv.reshape(-1, 2)
+        else:
+            z = np.where(np.abs(depth) < 1e-9, 1e-9, depth)
+            uv = cam[:, :2] / z[:, None] @ self.K[:2, :2].T + self.K[:2, 2]
+        return uv.reshape(pts.shape[:-1] + (2,)), depth.reshape(pts.shape[:-1])
+
+    def to_json(self) -> dict:
+        out: dict = {"name": self.name, "image_size": [int(self.width), int(self.height)]}
+        for key in ("K", "dist", "R", "t"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = np.asarray(value, dtype=float).tolist()
+        if self.images is not None:
+            out["images"] = self.images
+        if self.video is not None:
+            out["video"] = self.video
+        return out
+
+
+@dataclass
+class GroundTruth:
+    """Per-frame ground truth; arrays are indexed [frame, (view,) ...]."""
+
+    joints_world: np.ndarray  # (F, 21, 3) metres, OpenPose order
+    hand_pose: Optional[np.ndarray] = None  # (F, 48) axis-angle: global orient + 15 joints
+    betas: Optional[np.ndarray] = None  # (10,) or (F, 10)
+    transl: Optional[np.ndarray] = None  # (F, 3)
+    joints_2d: Optional[np.ndarray] = None  # (F, V, 21, 2) pixels
+    visibility: Optional[np.ndarray] = None  # (F, V, 21) bool
+    hand_model: str = ""  # which hand model the parameters belong to (name and sha256)
+
+    ARRAYS = ("joints_world", "hand_pose", "betas", "transl", "joints_2d", "visibility")
+
+    def save(self, path: Path) -> None:
+        arrays = {k: getattr(self, k) for k in self.ARRAYS if getattr(self, k) is not None}
+        arrays["hand_model"] = np.array(self.hand_model)
+        atomic_write_bytes(path, lambda fh: np.savez_compressed(fh, **arrays))
+
+    @classmethod
+    def load(cls, path: Path) -> "GroundTruth":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except FileNotFoundError:
+            raise CaptureError(f"{path}: ground-truth file not found") from None
+        except Exception as exc:
+            raise CaptureError(f"{path}: unreadable ground truth ({type(exc).__name__}: {exc})") from None
+        if "joints_world" not in arrays:
+            raise CaptureError(f"{path}: ground truth has no 'joints_world' array")
+        model = str(arrays.pop("hand_model", ""))
+        return cls(**{k: arrays.get(k) for k in cls.ARRAYS}, hand_model=model)
+
+
+@dataclass
+class Capture:
+    """A multi-camera capture, whatever its on-disk layout (format v1, HanCo, ...)."""
+
+    root: Path
+    cameras: list[Camera]
+    frame_ids: list[str]
+    handedness: str = "right"
+    ground_truth_file: Optional[str] = None
+    masks: Optional[str] = None  # pattern with {camera} and {frame}
+    metadata: dict = field(default_factory=dict)
+    layout: str = CAPTURE_FORMAT
+    ground_truth_loader: Optional[Callable[[], Optional[GroundTruth]]] = None
+    _gt_cache: Optional[GroundTruth] = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("name") or self.root.name
+
+    @property
+    def num_views(self) -> int:
+        return len(self.cameras)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_ids)
+
+    def camera_index(self, name: str) -> int:
+        for i, cam in enumerate(self.cameras):
+            if cam.name == name:
+                return i
+        raise CaptureError(f"{self.root}: no camera named {name!r}")
+
+    def image_path(self, cam: int, frame: int) -> Optional[Path]:
+        camera = self.cameras[cam]
+        if camera.images is None:
+            return None
+        return self.root / camera.images.format(frame=self.frame_ids[frame], camera=camera.name)
+
+    def mask_path(self, cam: int, frame: int) -> Optional[Path]:
+        if self.masks is None:
+            return None
+        return self.root / self.masks.format(frame=self.frame_ids[frame], camera=self.cameras[cam].name)
+
+    def read_image(self, cam: int, frame: int) -> np.ndarray:
+        """The BGR image of camera ``cam`` at frame index ``frame``."""
+        camera = self.cameras[cam]
+        fid = self.frame_ids[frame]
+        if camera.video is not None:
+            video = self.root / camera.video
+            cap = cv2.VideoCapture(str(video))
+            try:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, frame)
+                ok, img = cap.read()
+            finally:
+                cap.release()
+            if not ok or img is None:
+                raise CaptureError(f"{video}: frame {fid} (index {frame}), camera {camera.name}: cannot be read")
+            return img
+        path = self.image_path(cam, frame)
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR) if path is not None and path.is_file() else None
+        if img is None:
+            state = "missing" if path is None or not path.exists() else "unreadable"
+            raise CaptureError(f"{path}: frame {fid}, camera {camera.name}: image {state}")
+        return img
+
+    def iter_video(self, cam: int) -> Iterator[np.ndarray]:
+        """Frames of a video camera in order (faster than seeking frame by frame)."""
+        camera = self.cameras[cam]
+        cap = cv2.VideoCapture(str(self.root / camera.video))
+        try:
+            while True:
+                ok, img = cap.read()
+                if not ok:
+                    return
+                yield img
+        finally:
+            cap.release()
+
+    @property
+    def ground_truth(self) -> Optional[GroundTruth]:
+        if self._gt_cache is None:
+            if self.ground_truth_loader is not None:
+                self._gt_cache = self.ground_truth_loader()
+            elif self.ground_truth_file is not None:
+                self._gt_cache = GroundTruth.load(self.root / self.ground_truth_file)
+        return self._gt_cache
+
+    def to_json(self) -> dict:
+        out = {
+            "format": CAPTURE_FORMAT,
+            "version": CAPTURE_VERSION,
+            "handedness": self.handedness,
+            "frames": list(self.frame_ids),
+            "cameras": [c.to_json() for c in self.cameras],
+        }
+        if self.ground_truth_file:
+            out["ground_truth"] = self.ground_truth_file
+        if self.masks:
+            out["masks"] = self.masks
+        if self.metadata:
+            out["metadata"] = self.metadata
+        return out
+
+
+def atomic_write_bytes(path: Path, write: Callable) -> None:
+    """Write through ``write(fileobj)`` to a temporary file, then rename onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_capture_json(capture: Capture) -> Path:
+    path = capture.root / CAPTURE_FILE
+    text = json.dumps(capture.to_json(), indent=1)
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+    return path
+
+
+def _matrix(value, shape, what: str, where: str, problems: list[Problem], camera: str) -> Optional[np.ndarray]:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        problems.append(Problem("error", f"{what}_invalid", f"{what} is not numeric", where, camera=camera))
+        return None
+    if arr.shape != shape:
+        problems.append(Problem("error", f"{what}_invalid", f"{what} has shape {arr.shape}, expected {shape}",
+                                where, camera=camera))
+        return None
+    return arr
+
+
+def parse_capture(path: str | os.PathLike) -> tuple[Optional[Capture], list[Problem]]:
+    """Read ``capture.json`` leniently: (capture or None, every problem found in it)."""
+    from model.geometry import is_rotation
+
+    root = Path(path)
+    cfile = root / CAPTURE_FILE if root.is_dir() or not root.suffix else root
+    if cfile.name == CAPTURE_FILE and cfile.parent != root:
+        root = cfile.parent
+    where = str(cfile)
+    problems: list[Problem] = []
+    if not root.exists():
+        return None, [Problem("error", "capture_missing", "no such capture directory", str(root))]
+    if not cfile.is_file():
+        return None, [Problem("error", "capture_json_missing", f"{CAPTURE_FILE} not found", where)]
+    try:
+        doc = json.loads(cfile.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, [Problem("error", "capture_json_invalid", f"not valid JSON: {exc}", where)]
+    if not isinstance(doc, dict):
+        return None, [Problem("error", "capture_json_invalid", "top level must be an object", where)]
+    if doc.get("format") != CAPTURE_FORMAT:
+        problems.append(Problem("error", "format_unknown",
+                                f"format is {doc.get('format')!r}, expected {CAPTURE_FORMAT!r}", where))
+    if doc.get("version") != CAPTURE_VERSION:
+        problems.append(Problem("error", "version_unknown",
+                                f"format version {doc.get('version')!r} is not supported (this reader "
+                                f"reads version {CAPTURE_VERSION})", where))
+        return None, problems
+    handedness = doc.get("handedness", "right")
+    if handedness not in HANDEDNESS:
+        problems.append(Problem("error", "handedness_invalid",
+                                f"handedness {handedness!r} must be 'right' or 'left'", where))
+    frames = doc.get("frames")
+    if not isinstance(frames, list) or not frames:
+        problems.append(Problem("error", "frames_invalid", "'frames' must be a non-empty list of frame ids", where))
+        frames = []
+    frames = [str(f) for f in frames]
+    seen: set[str] = set()
+    for f in frames:
+        if f in seen:
+            problems.append(Problem("error", "frame_duplicate", "frame id listed twice", where, frame=f))
+        seen.add(f)
+
+    cameras: list[Camera] = []
+    names: set[str] = set()
+    raw_cams = doc.get("cameras")
+    if not isinstance(raw_cams, list) or not raw_cams:
+        problems.append(Problem("error", "cameras_invalid", "'cameras' must be a non-empty list", where))
+        raw_cams = []
+    for i, rc in enumerate(raw_cams):
+        if not isinstance(rc, dict):
+            problems.append(Problem("error", "camera_invalid", f"camera entry {i} is not an object", where))
+            continue
+        name = str(rc.get("name", f"#{i}"))
+        if "name" not in rc:
+            problems.append(Problem("error", "camera_invalid", f"camera entry {i} has no name", where, camera=name))
+        if name in names:
+            problems.append(Problem("error", "camera_name_duplicate",
+                                    f"camera name {name!r} is used by more than one camera", where, camera=name))
+        names.add(name)
+        size = rc.get("image_size")
+        if (not isinstance(size, list) or len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size)):
+            problems.append(Problem("error", "image_size_invalid",
+                                    f"image_size {size!r} must be [width, height] in pixels", where, camera=name))
+            size = [0, 0]
+        K = dist = R = t = None
+        if "K" in rc:
+            K = _matrix(rc["K"], (3, 3), "K", where, problems, name)
+            if K is not None:
+                if not np.all(np.isfinite(K)):
+                    problems.append(Problem("error", "K_nonfinite", "intrinsics K hold NaN or infinity",
+                                            where, camera=name))
+                elif abs(np.linalg.det(K)) < 1e-9 or K[0, 0] <= 0 or K[1, 1] <= 0:
+                    problems.append(Problem("error", "K_singular",
+                                            "intrinsics K are singular (focal lengths must be positive)",
+                                            where, camera=name))
+                elif size[0] and not (0 <= K[0, 2] <= size[0] and 0 <= K[1, 2] <= size[1]):
+                    problems.append(Problem("warning", "principal_point_outside",
+                                            f"principal point ({K[0, 2]:.1f}, {K[1, 2]:.1f}) lies outside the image",
+                                            where, camera=name))
+        if "dist" in rc:
+            try:
+                dist = np.asarray(rc["dist"], dtype=np.float64).ravel()
+            except (TypeError, ValueError):
+                dist = None
+            if dist is None or dist.size not in (4, 5, 8, 12, 14) or not np.all(np.isfinite(dist)):
+                problems.append(Problem("error", "dist_invalid",
+                                        "dist must be 4, 5, 8, 12 or 14 finite OpenCV coefficients",
+                                        where, camera=name))
+                dist = None
+        if ("R" in rc) != ("t" in rc):
+            problems.append(Problem("error", "extrinsics_incomplete", "R and t must be given together",
+                                    where, camera=name))
+        if "R" in rc:
+            R = _matrix(rc["R"], (3, 3), "R", where, problems, name)
+            if R is not None and not is_rotation(R):
+                problems.append(Problem("error", "R_not_rotation",
+                                        "R is not a rotation (orthonormal with determinant +1)", where, camera=name))
+                R = None
+        if "t" in rc:
+            t = _matrix(rc["t"], (3,), "t", where, problems, name)
+            if t is not None and not np.all(np.isfinite(t)):
+                problems.append(Problem("error", "t_nonfinite", "translation t holds NaN or infinity",
+                                        where, camera=name))
+                t = None
+        images, video = rc.get("images"), rc.get("video")
+        if (images is None) == (video is None):
+            problems.append(Problem("error", "camera_source_invalid",
+                                    "give exactly one of 'images' (a pattern with {frame}) or 'video'",
+                                    where, camera=name))
+        elif images is not None and "{frame}" not in str(images):
+            problems.append(Problem("error", "camera_source_invalid",
+                                    f"images pattern {images!r} has no {{frame}} field", where, camera=name))
+        cameras.append(Camera(name=name, width=size[0], height=size[1], K=K, dist=dist, R=R, t=t,
+                              images=images, video=video))
+
+    gt = doc.get("ground_truth")
+    capture = Capture(root=root, cameras=cameras, frame_ids=frames,
+                      handedness=handedness if handedness in HANDEDNESS else "right",
+                      ground_truth_file=gt, masks=doc.get("masks"), metadata=doc.get("metadata") or {})
+    return capture, problems
+
+
+def load_capture(path: str | os.PathLike) -> Capture:
+    """Read a capture, raising :class:`CaptureError` with every error in ``capture.json``."""
+    capture, problems = parse_capture(path)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or capture is None:
+        raise CaptureError("invalid capture:\n  " + "\n  ".join(str(p) for p in errors))
+    return capture
