@@ -11,6 +11,7 @@ from its arrays). Any other class is refused with an error naming it.
 """
 from __future__ import annotations
 
+import codecs
 import io
 import os
 import pickle
@@ -101,7 +102,13 @@ def _numpy_allowed() -> dict:
         ("copy_reg", "_reconstructor"): copyreg._reconstructor,
         ("copyreg", "_reconstructor"): copyreg._reconstructor,
         ("__builtin__", "object"): object,
+        # Python 3 writes bytes in protocol <= 2 pickles as _codecs.encode(str, "latin1")
+        ("_codecs", "encode"): codecs.encode,
         ("builtins", "object"): object,
+        ("__builtin__", "set"): set,
+        ("builtins", "set"): set,
+        ("__builtin__", "frozenset"): frozenset,
+        ("builtins", "frozenset"): frozenset,
     }
     for mod in ("chumpy.ch", "chumpy"):
         allowed[(mod, "Ch")] = _Ch

@@ -197,6 +197,13 @@ class MeshBuilder:
                 np.concatenate(self.weights))
 
 
+def _ring_positions(base: list[float], knots: list[float], sz: float) -> np.ndarray:
+    """Ring positions along a finger: the base ones plus a dense band across each joint,
+    so that every skinning transition spreads over several rings."""
+    around = np.array([-0.006, -0.003, 0.0, 0.003, 0.006]) * sz
+    return np.unique(np.round(np.concatenate([base, (np.array(knots)[:, None] + around).ravel()]), 9))
+
+
 def _chain_weights(s: np.ndarray, joints: tuple[int, ...], knots: list[float], widths: list[float]) -> np.ndarray:
     """Blend weights along a finger: parent (wrist) before knots[0], then joint k."""
     w = np.zeros((len(s), 16))
@@ -233,17 +240,16 @@ def build_hand(props: HandProportions = HandProportions()) -> dict:
         knots = [0.0, L[0], L[0] + L[1]]
         # ring positions along the chain (s = distance from the MCP)
         tip_cap = r[2] * 0.9
-        s_rings = np.array([-0.016 * sz, -0.008 * sz, 0.0, L[0] / 3, 2 * L[0] / 3, knots[1],
-                            knots[1] + L[1] / 2, knots[2], knots[2] + (L[2] - tip_cap) / 2,
-                            knots[2] + L[2] - tip_cap])
+        s_rings = _ring_positions([-0.016 * sz, -0.008 * sz, L[0] / 2, knots[1] + L[1] / 2,
+                                   knots[2] + L[2] - tip_cap], knots, sz)
         hw = np.interp(s_rings, [0.0, knots[1], knots[2], knots[2] + L[2]],
                        [r[0], r[1] * 1.04, r[2], r[2] * 0.9])
         hw = np.where(s_rings < 0, r[0] * 1.05, hw)
         centres = mcp[None] + s_rings[:, None] * d[None]
-        wts = _chain_weights(s_rings, ids, knots, [0.007 * sz, 0.0055 * sz, 0.0045 * sz])
+        wts = _chain_weights(s_rings, ids, knots, [0.0075 * sz] * 3)
         tube = mb.add_tube(centres, np.repeat(d[None], len(s_rings), 0), np.repeat(volar[None], len(s_rings), 0),
                            hw, hw * 0.84, wts, _FINGER_RING, cap_start=0.004 * sz, cap_end=tip_cap)
-        for jnt, ring_pos in zip(ids, (2, 5, 7)):
+        for jnt, ring_pos in zip(ids, np.searchsorted(s_rings, knots)):
             joints[jnt] = centres[ring_pos]
             joint_rings[jnt] = tube["rings"][ring_pos]
         tips[name] = tube["end"]
@@ -255,16 +261,16 @@ def build_hand(props: HandProportions = HandProportions()) -> dict:
     r = np.array(_THUMB_RADII) * p.finger_thickness * sz
     knots = [0.0, L[0], L[0] + L[1]]
     tip_cap = r[2] * 0.9
-    s_rings = np.array([-0.014 * sz, -0.006 * sz, 0.0, L[0] / 2, knots[1], knots[1] + L[1] / 2, knots[2],
-                        knots[2] + (L[2] - tip_cap) / 2, knots[2] + L[2] - tip_cap])
+    s_rings = _ring_positions([-0.014 * sz, -0.010 * sz, L[0] / 2, knots[1] + L[1] / 2,
+                               knots[2] + L[2] - tip_cap], knots, sz)
     hw = np.interp(s_rings, [-0.014 * sz, 0.0, L[0] / 2, knots[1], knots[2], knots[2] + L[2]],
                    [r[0] * 0.8, r[0], r[0] * 0.95, r[1], r[2], r[2] * 0.9])
     centres = cmc[None] + s_rings[:, None] * d[None]
     thumb_volar = normalize(np.array([-0.55, 0.0, 0.85]))
-    wts = _chain_weights(s_rings, FINGER_JOINTS["thumb"], knots, [0.012 * sz, 0.0065 * sz, 0.005 * sz])
+    wts = _chain_weights(s_rings, FINGER_JOINTS["thumb"], knots, [0.012 * sz, 0.0075 * sz, 0.0075 * sz])
     tube = mb.add_tube(centres, np.repeat(d[None], len(s_rings), 0), np.repeat(thumb_volar[None], len(s_rings), 0),
                        hw, hw * 0.82, wts, _FINGER_RING, cap_start=0.006 * sz, cap_end=tip_cap)
-    for jnt, ring_pos in zip(FINGER_JOINTS["thumb"], (2, 4, 6)):
+    for jnt, ring_pos in zip(FINGER_JOINTS["thumb"], np.searchsorted(s_rings, knots)):
         joints[jnt] = centres[ring_pos]
         joint_rings[jnt] = tube["rings"][ring_pos]
     tips["thumb"] = tube["end"]

@@ -266,7 +266,9 @@ def render_view(scene: Scene, cfg: SynthConfig, frame: int, view: int,
     inside = (px[:, 0] >= 0) & (px[:, 0] < W) & (px[:, 1] >= 0) & (px[:, 1] < H) & (jz > 0)
     surface = np.full(len(px), np.inf)
     surface[inside] = depth[px[inside, 1], px[inside, 0]]
-    visible = inside & (surface >= jz - VISIBILITY_TOLERANCE)
+    on_occluder = np.zeros(len(px), bool)
+    on_occluder[inside] = mask[px[inside, 1], px[inside, 0]] == LABEL_OCCLUDER
+    visible = inside & (surface >= jz - VISIBILITY_TOLERANCE) & ~on_occluder
     return image, mask, j2d, visible
 
 

@@ -1,0 +1,153 @@
+"""The ``hamuco`` command line.
+
+User mistakes (a missing file, a bad capture, a refused pickle) end with a one-line message
+and a non-zero exit status, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from model.errors import HamucoError
+
+EXIT_INVALID = 1  # the input was read and found invalid
+EXIT_USAGE = 2  # the command could not run (bad arguments, missing files)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from pipeline.synthetic import SynthConfig, format_summary, generate_capture, summarize
+
+    cfg = SynthConfig(cameras=args.cameras, frames=args.frames, seed=args.seed, image_size=args.image_size,
+                      rig=args.rig, distance=args.distance, hand_model=args.hand_model,
+                      handedness=args.handedness, occluders=args.occluders, image_format=args.image_format)
+    cfg.check()
+    capture = generate_capture(args.out, cfg, overwrite=args.overwrite, workers=args.workers,
+                               progress=not args.quiet)
+    print(f"wrote {capture.root}")
+    print(format_summary(summarize(capture)))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from pipeline.validate import report_json, validate_capture
+
+    source = args.capture
+    if args.hanco_sequence is not None:
+        from pipeline.hanco import read_hanco_sequence
+
+        source = read_hanco_sequence(args.capture, args.hanco_sequence)
+    report = validate_capture(source, check_images=not args.no_images, progress=not args.quiet)
+    print(report_json(report) if args.json else report.format())
+    return 0 if report.ok else EXIT_INVALID
+
+
+def _prepare_mano(args: argparse.Namespace) -> int:
+    from model.mano_io import convert_mano_pickle
+
+    data = convert_mano_pickle(args.pickle, args.out)
+    print(f"wrote {args.out}: {data['v_template'].shape[0]} vertices, {data['f'].shape[0]} faces, "
+          f"{data['shapedirs'].shape[-1]} shape components")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pipeline.capture import load_capture
+    from pipeline.synthetic import DEMO_CONFIG, format_summary, generate_capture, summarize
+    from pipeline.validate import validate_capture
+
+    out = Path(args.out)
+    capture_dir = out / "capture"
+    cfg = DEMO_CONFIG
+    existing = None
+    if capture_dir.exists():
+        try:
+            existing = load_capture(capture_dir)
+        except HamucoError:
+            existing = None
+    if existing is not None and existing.metadata.get("config") == asdict(cfg):
+        capture = existing
+        print(f"demo capture {capture_dir} is up to date")
+    else:
+        print(f"generating the embedded demo capture ({cfg.cameras} cameras, {cfg.frames} frames, "
+              f"seed {cfg.seed}) in {capture_dir}")
+        capture = generate_capture(capture_dir, cfg, overwrite=True, workers=args.workers)
+    print("summary:")
+    print(format_summary(summarize(capture)))
+    report = validate_capture(capture_dir)
+    print("validation:")
+    print(report.format())
+    return 0 if report.ok else EXIT_INVALID
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hamuco", description="Multi-camera 3D hand pose: data "
+                                     "preparation and self-supervised training (HaMuCo).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="generate a synthetic calibrated multi-camera capture",
+                       description="Render a synthetic multi-camera capture with ground truth in capture "
+                       "format v1. One seed gives an identical capture.")
+    p.add_argument("out", help="output capture directory (must not exist unless --overwrite)")
+    p.add_argument("--cameras", type=int, default=8, help="number of cameras (default 8)")
+    p.add_argument("--frames", type=int, default=16, help="number of frames (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--image-size", type=int, default=256, help="square image size in pixels (default 256)")
+    p.add_argument("--rig", choices=("ring", "dome"), default="ring", help="camera arrangement (default ring)")
+    p.add_argument("--distance", type=float, default=0.65, help="camera distance in metres (default 0.65)")
+    p.add_argument("--hand-model", default=None, metavar="NPZ",
+                   help="converted MANO .npz (see prepare-mano); default: the built-in procedural hand")
+    p.add_argument("--handedness", choices=("right", "left"), default="right")
+    p.add_argument("--occluders", type=int, default=0, help="number of floating occluders (default 0)")
+    p.add_argument("--image-format", choices=("png", "jpg"), default="png")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="rendering processes (default: up to 2)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("validate", help="check a capture and report every problem",
+                       description="Validate a capture: reports every problem at once, each naming file, "
+                       "frame and camera. Exits 1 when there are errors (warnings alone exit 0).")
+    p.add_argument("capture", help="capture directory (format v1), or a HanCo root with --hanco-sequence")
+    p.add_argument("--hanco-sequence", metavar="SEQ", default=None, help="validate HanCo sequence SEQ")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-images", action="store_true", help="check capture.json only, not the image files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("prepare-mano", help="convert the official MANO pickle into a plain .npz",
+                       description="Convert MANO_RIGHT.pkl (chumpy objects) into an .npz that smplx loads. "
+                       "The pickle is read by a restricted unpickler that admits only NumPy, scipy.sparse "
+                       "and chumpy arrays. The MANO licence forbids redistribution: keep the output private.")
+    p.add_argument("pickle", help="MANO_RIGHT.pkl from the MANO website")
+    p.add_argument("out", help="output .npz path")
+    p.set_defaults(func=_prepare_mano)
+
+    p = sub.add_parser("demo", help="run the main job on the embedded synthetic capture",
+                       description="Generate the embedded 8-camera synthetic capture (if not up to date), "
+                       "validate it and print its summary.")
+    p.add_argument("--out", default="demo_output", help="output directory (default demo_output)")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except HamucoError as exc:
+        print(f"hamuco {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
