@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except HamucoError as exc:
         print(f"hamuco {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # unwritable output, a file where a directory should be, a full disk
+        print(f"hamuco {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -61,6 +61,24 @@ def test_projections_match_rendered_hand(small_capture):
     assert np.mean(shifted) < 0.5 * np.mean(overlap)  # ... and a displaced one does not
 
 
+def test_hand_inside_every_view_with_margin(small_capture):
+    cap = load_capture(small_capture.root)
+    j2d = cap.ground_truth.joints_2d
+    size = np.array([cap.cameras[0].width, cap.cameras[0].height])
+    margin = np.minimum(j2d.min(axis=2), size - 1 - j2d.max(axis=2)).min(axis=-1)
+    extent = (j2d.max(axis=2) - j2d.min(axis=2)).max(axis=-1)
+    assert margin.min() >= 0.04 * size[0]  # no joint outside or at the border
+    assert 0.3 * size[0] < np.median(extent) < 0.8 * size[0]  # the hand fills a good part of the view
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["synth", str(blocker / "sub"), "--cameras", "1", "--frames", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and str(blocker) in err and "Traceback" not in err
+
+
 def test_ground_truth_parameters_reproduce_joints(small_capture):
     gt = load_capture(small_capture.root).ground_truth
     model = HandModel(dtype=torch.float64)
