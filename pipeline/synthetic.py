@@ -158,6 +158,27 @@ def _ellipsoid(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return v, f
 
 
+def _skin_albedo(hand: HandModel, betas: np.ndarray, skin: np.ndarray, volar: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Per-vertex skin colour: lighter, pinker palms and finger pads, nails, mottling.
+
+    Computed on the rest pose of whichever hand model is loaded, so it works for MANO too.
+    """
+    with torch.no_grad():
+        zero = torch.zeros(1, 3, dtype=torch.float64)
+        rest = hand(zero, torch.zeros(1, 45, dtype=torch.float64), torch.as_tensor(betas)[None]).vertices[0].numpy()
+    normals = vertex_normals(rest, hand.faces)
+    palm_side = np.clip(normals @ volar, 0.0, 1.0)[:, None] ** 0.7
+    palm_tone = skin + (1.0 - skin) * 0.3 + np.array([-0.02, -0.01, 0.04])
+    albedo = skin[None] * (1 - 0.6 * palm_side) + palm_tone[None] * 0.6 * palm_side
+    tips = rest[hand.tip_vertex_ids.numpy()]
+    near_tip = np.min(np.linalg.norm(rest[:, None] - tips[None], axis=-1), axis=1) < 0.011
+    nail = near_tip & (normals @ volar < -0.35)
+    albedo[nail] = 0.7 * palm_tone + 0.3 * np.array([0.85, 0.85, 0.92])
+    albedo *= 1.0 + 0.035 * np.sin(rest @ rng.normal(0, 120, (3, 3)))
+    return np.clip(albedo, 0, 1)
+
+
 def build_scene(cfg: SynthConfig) -> Scene:
     """Sample and pose everything (deterministic for ``cfg.seed``)."""
     cfg.check()
@@ -203,8 +224,8 @@ def build_scene(cfg: SynthConfig) -> Scene:
     skin = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.93, 1.07, 3)
     sleeve_col = rng.uniform(0.1, 0.9, 3)
     V = hand.num_vertices
-    pattern = 1.0 + 0.035 * np.sin(hand.layer.v_template.numpy() @ rng.normal(0, 120, (3, 3)))
-    hand_albedo = np.clip(skin[None] * pattern, 0, 1)
+    hand_albedo = _skin_albedo(hand, betas, skin, space.volar if cfg.handedness == "right" else space.volar * MIRROR,
+                               rng)
     fore_albedo = np.where(sleeve[:, None], sleeve_col[None], skin[None])
 
     occluders = []
