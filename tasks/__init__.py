@@ -1,0 +1,3 @@
+"""Luigi tasks (``python -m luigi --module tasks ...``) and the ``hamuco`` command line."""
+from .prepare import (CaptureReport, Demo, DetectHands, LabelShard, OpenPoseLabeler, PrepareDataset,  # noqa: F401
+                      SyntheticCapture, ValidateCapture)

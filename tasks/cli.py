@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from model.errors import HamucoError
@@ -54,33 +54,99 @@ def _prepare_mano(args: argparse.Namespace) -> int:
     return 0
 
 
+class _UserErrorFilter(logging.Filter):
+    """Luigi logs a failed task with its traceback; for a HamucoError the message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], HamucoError):
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+def _run_luigi(tasks: list, workers: int = 1, scheduler_host: str | None = None,
+               scheduler_port: int = 8082) -> bool:
+    import luigi
+
+    failures: list[str] = []
+
+    @luigi.Task.event_handler(luigi.Event.FAILURE)
+    def _record(task, exc):  # noqa: ANN001
+        failures.append(f"{task.task_family}: {exc}")
+
+    for name in ("luigi-interface", "luigi"):
+        logging.getLogger(name).addFilter(_UserErrorFilter())
+    kwargs = {"workers": workers, "log_level": "WARNING"}
+    if scheduler_host:
+        kwargs.update(scheduler_host=scheduler_host, scheduler_port=scheduler_port)
+    else:
+        kwargs["local_scheduler"] = True
+    ok = luigi.build(tasks, **kwargs)
+    for f in dict.fromkeys(failures):
+        print(f"failed: {f}", file=sys.stderr)
+    return ok
+
+
+def _print_dataset(index_path: str) -> None:
+    from pipeline.shards import inspect_shard
+
+    index = json.loads(Path(index_path).read_text())
+    print(f"dataset index: {index_path}")
+    split = index["split"]
+    print(f"  shards: {len(index['shards'])} (train {len(split['train'])}, val {len(split['val'])}, "
+          f"test {len(split['test'])}; split by {split['by']}), labeler {index['labeler']}, crops {index['crop_size']}px")
+    for s in index["shards"]:
+        info = inspect_shard(s["path"])
+        st = info["statistics"]
+        print(f"  {Path(s['path']).parent.name}/{Path(s['path']).name}: {info['samples']} samples x "
+              f"{info['views']} views, valid {st['valid_views']:.0%}, recovered {st['recovered_views']:.0%}, "
+              f"mean confidence {st['mean_confidence']:.2f} (refined {st['mean_refined_confidence']:.2f})")
+    for q in index["quarantine"]:
+        c = q["counts"]
+        print(f"  quarantine {q['capture']}: {q['views']} views, {c['skipped']} skipped, {c['recovered']} recovered, "
+              f"{c['masked']} masked (table: {q['table']})")
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from pipeline.prepare import open_capture
+    from tasks.prepare import PrepareDataset
+
+    for ref in args.captures:  # clear errors before any task starts
+        open_capture(ref)
+    params = {"captures": list(args.captures), "out": args.out, "labeler": args.labeler}
+    if args.frames_per_shard:
+        params["frames_per_shard"] = args.frames_per_shard
+    task = PrepareDataset(**params)
+    if not _run_luigi([task], args.workers, args.scheduler_host, args.scheduler_port):
+        return EXIT_INVALID
+    _print_dataset(task.output().path)
+    return 0
+
+
+def _shards_inspect(args: argparse.Namespace) -> int:
+    from pipeline.shards import inspect_shard
+
+    info = inspect_shard(args.file)
+    print(json.dumps(info, indent=1, default=str))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pipeline.capture import load_capture
-    from pipeline.synthetic import DEMO_CONFIG, format_summary, generate_capture, summarize
+    from pipeline.synthetic import format_summary, summarize
     from pipeline.validate import validate_capture
+    from tasks.prepare import Demo
 
-    out = Path(args.out)
-    capture_dir = out / "capture"
-    cfg = DEMO_CONFIG
-    existing = None
-    if capture_dir.exists():
-        try:
-            existing = load_capture(capture_dir)
-        except HamucoError:
-            existing = None
-    if existing is not None and existing.metadata.get("config") == asdict(cfg):
-        capture = existing
-        print(f"demo capture {capture_dir} is up to date")
-    else:
-        print(f"generating the embedded demo capture ({cfg.cameras} cameras, {cfg.frames} frames, "
-              f"seed {cfg.seed}) in {capture_dir}")
-        capture = generate_capture(capture_dir, cfg, overwrite=True, workers=args.workers)
-    print("summary:")
-    print(format_summary(summarize(capture)))
-    report = validate_capture(capture_dir)
+    task = Demo(out=args.out)
+    if not _run_luigi([task], workers=args.workers):
+        return EXIT_INVALID
+    capture_dir = Path(args.out) / "capture"
+    print("capture:")
+    print(format_summary(summarize(load_capture(capture_dir))))
     print("validation:")
-    print(report.format())
-    return 0 if report.ok else EXIT_INVALID
+    print("  " + validate_capture(capture_dir).format(limit=20).replace("\n", "\n  "))
+    _print_dataset(json.loads(Path(task.output().path).read_text())["dataset_index"])
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,11 +193,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .npz path")
     p.set_defaults(func=_prepare_mano)
 
+    p = sub.add_parser("prepare", help="captures → detection, crops, pseudo labels, refinement → HDF5 shards",
+                       description="Run the data-preparation tasks (Luigi) over captures and print where the "
+                       "dataset index is. Re-running with the same inputs does nothing; a different labeler "
+                       "or weights file writes a new version beside the old one.")
+    p.add_argument("captures", nargs="+", metavar="CAPTURE",
+                   help="capture directory, or hanco:<root>#<sequence> for a HanCo sequence")
+    p.add_argument("--out", required=True, help="output root directory")
+    p.add_argument("--labeler", choices=("mediapipe", "openpose", "imported"), default="mediapipe")
+    p.add_argument("--frames-per-shard", type=int, default=None, help="frames per shard (default from luigi.cfg)")
+    p.add_argument("--workers", type=int, default=1, help="Luigi worker processes on this machine")
+    p.add_argument("--scheduler-host", default=None,
+                   help="central luigid host (default: a local scheduler in this process)")
+    p.add_argument("--scheduler-port", type=int, default=8082)
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("shards", help="work with HDF5 shards")
+    shards_sub = p.add_subparsers(dest="shards_command", required=True, metavar="SUBCOMMAND")
+    q = shards_sub.add_parser("inspect", help="schema version, attributes, sample count, label statistics")
+    q.add_argument("file", help="a shard (.h5)")
+    q.set_defaults(func=_shards_inspect)
+
     p = sub.add_parser("demo", help="run the main job on the embedded synthetic capture",
-                       description="Generate the embedded 8-camera synthetic capture (if not up to date), "
-                       "validate it and print its summary.")
+                       description="Generate the embedded 8-camera synthetic capture, validate it, and prepare "
+                       "it (detection, crops, MediaPipe labels, refinement, shards, dataset index). Work "
+                       "already done is not repeated.")
     p.add_argument("--out", default="demo_output", help="output directory (default demo_output)")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_demo)
     return parser
 

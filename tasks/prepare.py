@@ -1,0 +1,289 @@
+"""Luigi tasks of data preparation. Each is requires/output/run; the work is in ``pipeline``.
+
+    SyntheticCapture           the demo capture (or any synthetic one)
+    ValidateCapture            capture.json-level errors stop here; image problems are quarantined
+    DetectHands    (per shard) MediaPipe boxes, cross-view consistency, triangulated recovery
+    LabelShard     (per shard) crops, pseudo labels, multi-view refinement → HDF5 shard
+    CaptureReport              quarantine report (JSON + table) and the list of a capture's shards
+    PrepareDataset             all captures → dataset index with train/val/test split
+
+Outputs live under ``<out>/<capture name>-<content hash>/``; detection and label directories
+carry a hash of every parameter that determines them (and of the weights), so a new labeler
+or weights file writes a new version beside the old one. Parameters can be set in luigi.cfg
+sections named after the task classes (values given to PrepareDataset propagate to the tasks
+it requires) or on the command line:
+
+    python -m luigi --module tasks PrepareDataset --captures '["demo_output/capture"]' \\
+        --out demo_output/prepared --local-scheduler
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+import luigi
+
+from model.errors import HamucoError
+from pipeline.capture import Capture
+from pipeline.prepare import (DetectorParams, RefineParams, append_run_log, capture_key, detect_frames,
+                              detections_from_json, detections_to_json, format_quarantine, make_labeler,
+                              open_capture, quarantine_report, remove_stale_temporaries, shard_frames,
+                              split_shards, version_hash, write_json, write_label_shard)
+from pipeline.provenance import code_version
+from pipeline.synthetic import SynthConfig, generate_capture
+from pipeline.validate import validate_capture
+
+_WEIGHTS_SHA: dict = {}
+
+
+class SyntheticCapture(luigi.Task):
+    """Generate a synthetic capture (the embedded demo default unless told otherwise)."""
+
+    dest = luigi.Parameter(description="capture directory to write")
+    cameras = luigi.IntParameter(default=8)
+    frames = luigi.IntParameter(default=12)
+    seed = luigi.IntParameter(default=0)
+    image_size = luigi.IntParameter(default=256)
+    rig = luigi.ChoiceParameter(choices=["ring", "dome"], default="ring")
+    occluders = luigi.IntParameter(default=0)
+    hand_model = luigi.OptionalParameter(default=None)
+
+    def output(self):
+        return luigi.LocalTarget(os.path.join(self.dest, "capture.json"))
+
+    def run(self):
+        cfg = SynthConfig(cameras=self.cameras, frames=self.frames, seed=self.seed, image_size=self.image_size,
+                          rig=self.rig, occluders=self.occluders, hand_model=self.hand_model)
+        generate_capture(self.dest, cfg, overwrite=True, workers=min(2, os.cpu_count() or 1))
+
+
+class _CaptureTask(luigi.Task):
+    capture = luigi.Parameter(description="capture directory, or hanco:<root>#<sequence>")
+    out = luigi.Parameter(description="root directory of prepared outputs")
+
+    @cached_property
+    def capture_obj(self) -> Capture:
+        return open_capture(self.capture)
+
+    @property
+    def capture_dir(self) -> Path:
+        return Path(self.out) / capture_key(self.capture_obj)
+
+
+class _DetectParams(luigi.Task):
+    frames_per_shard = luigi.IntParameter(default=64, description="frames per shard (the unit of parallel work)")
+    max_num_hands = luigi.IntParameter(default=2)
+    min_detection_confidence = luigi.FloatParameter(default=0.5)
+    model_complexity = luigi.IntParameter(default=1)
+    margin = luigi.FloatParameter(default=0.3, description="box margin around the landmarks, per side")
+
+    @property
+    def detector_params(self) -> DetectorParams:
+        return DetectorParams(self.max_num_hands, self.min_detection_confidence, self.model_complexity, self.margin)
+
+    @property
+    def detect_version(self) -> str:
+        import mediapipe
+
+        return version_hash("detect", self.detector_params.__dict__, self.frames_per_shard, mediapipe.__version__)
+
+
+class OpenPoseLabeler(luigi.Config):
+    """Where the OpenPose hand weights come from ([OpenPoseLabeler] in luigi.cfg)."""
+
+    weights_path = luigi.OptionalParameter(default=None, description="hand_pose_model.pth on disk")
+    weights_url = luigi.OptionalParameter(default=None, description="URL of hand_pose_model.pth")
+    weights_sha256 = luigi.OptionalParameter(default=None, description="expected sha256 of the weights")
+    weights_dir = luigi.OptionalParameter(default=None, description="download cache (default TORCH_HOME/hub)")
+
+
+class _LabelParams(luigi.Task):
+    labeler = luigi.ChoiceParameter(choices=["mediapipe", "openpose", "imported"], default="mediapipe")
+    crop_size = luigi.IntParameter(default=256)
+    refine_threshold_px = luigi.FloatParameter(default=15.0)
+
+    @property
+    def weights(self) -> OpenPoseLabeler:
+        return OpenPoseLabeler()
+
+    @property
+    def refine_params(self) -> RefineParams:
+        return RefineParams(threshold_px=self.refine_threshold_px)
+
+    def weights_identity(self) -> str:
+        """What identifies the labeler's weights before they are loaded (for output paths)."""
+        if self.labeler != "openpose":
+            import mediapipe
+
+            return f"mediapipe-{mediapipe.__version__}" if self.labeler == "mediapipe" else "hanco-published"
+        w = self.weights
+        if w.weights_sha256:
+            return w.weights_sha256
+        if w.weights_path:
+            path = Path(w.weights_path)
+            if not path.is_file():
+                raise HamucoError(f"{path}: OpenPose weights not found (weights_path)")
+            key = (str(path), path.stat().st_size, path.stat().st_mtime_ns)
+            if key not in _WEIGHTS_SHA:
+                _WEIGHTS_SHA[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+            return _WEIGHTS_SHA[key]
+        return f"url:{w.weights_url or 'default'}"
+
+    @property
+    def label_version(self) -> str:
+        return version_hash("label", self.labeler, self.weights_identity(), self.crop_size,
+                            self.refine_params.__dict__)
+
+
+class ValidateCapture(_CaptureTask):
+    """Validate a capture; errors in capture.json stop the pipeline, image problems are quarantined later."""
+
+    def output(self):
+        return luigi.LocalTarget(str(self.capture_dir / "validation.json"))
+
+    def run(self):
+        report = validate_capture(self.capture_obj)
+        write_json(Path(self.output().path), report.to_dict())
+
+
+class DetectHands(_CaptureTask, _DetectParams):
+    """Hand boxes of one shard's frames (JSON)."""
+
+    shard = luigi.IntParameter()
+    resources = {"detection": 1}
+
+    def requires(self):
+        return self.clone(ValidateCapture)
+
+    def output(self):
+        return luigi.LocalTarget(str(self.capture_dir / f"detect-{self.detect_version}" / f"shard-{self.shard:05d}.json"))
+
+    def run(self):
+        frames = shard_frames(self.capture_obj.num_frames, self.frames_per_shard)[self.shard]
+        remove_stale_temporaries(Path(self.output().path))
+        dets = detect_frames(self.capture_obj, frames, self.detector_params)
+        meta = {"detector": self.detector_params.__dict__, "code_version": code_version(), "capture": self.capture}
+        write_json(Path(self.output().path), detections_to_json(frames, dets, meta))
+        append_run_log(Path(self.out), self.task_family, Path(self.output().path))
+
+
+class LabelShard(_CaptureTask, _DetectParams, _LabelParams):
+    """Crops, pseudo labels and refinement of one shard's frames → HDF5 shard (+ its quarantine entries)."""
+
+    shard = luigi.IntParameter()
+    resources = {"labeling": 1}
+
+    def requires(self):
+        return self.clone(DetectHands)
+
+    @property
+    def label_dir(self) -> Path:
+        return self.capture_dir / f"labels-{self.labeler}-{self.detect_version}-{self.label_version}"
+
+    def output(self):
+        base = self.label_dir / f"shard-{self.shard:05d}"
+        return {"shard": luigi.LocalTarget(str(base) + ".h5"),
+                "quarantine": luigi.LocalTarget(str(base) + ".quarantine.json")}
+
+    def run(self):
+        doc = json.loads(Path(self.input().path).read_text())
+        frames, dets = doc["frames"], detections_from_json(doc)
+        w = self.weights
+        labeler = make_labeler(self.labeler, w.weights_path, w.weights_url, w.weights_sha256, w.weights_dir)
+        try:
+            params = getattr(labeler, "params", {"source": "rgb_2D_keypoints"})
+            sha = getattr(labeler, "weights_sha256", "hanco-published")
+            provenance = {"detector": doc["meta"]["detector"], "detect_version": self.detect_version,
+                          "label_version": self.label_version, "frames": [frames[0], frames[-1] + 1],
+                          "refine": self.refine_params.__dict__, "shard": self.shard}
+            entries = write_label_shard(Path(self.output()["shard"].path), self.capture_obj, frames, dets, labeler,
+                                        self.labeler, params, sha, self.crop_size, self.refine_params, provenance)
+        finally:
+            if labeler is not None and hasattr(labeler, "close"):
+                labeler.close()
+        remove_stale_temporaries(Path(self.output()["quarantine"].path))
+        write_json(Path(self.output()["quarantine"].path), {"frames": frames, "entries": entries})
+        append_run_log(Path(self.out), self.task_family, Path(self.output()["shard"].path))
+
+
+class CaptureReport(_CaptureTask, _DetectParams, _LabelParams):
+    """Quarantine report (JSON + readable table) and shard list of one capture."""
+
+    def requires(self):
+        n = len(shard_frames(self.capture_obj.num_frames, self.frames_per_shard))
+        return [self.clone(LabelShard, shard=i) for i in range(n)]
+
+    def output(self):
+        d = self.clone(LabelShard, shard=0).label_dir
+        return {"report": luigi.LocalTarget(str(d / "quarantine.json")),
+                "table": luigi.LocalTarget(str(d / "quarantine.txt")),
+                "shards": luigi.LocalTarget(str(d / "shards.json"))}
+
+    def run(self):
+        entries, shards = [], []
+        ranges = shard_frames(self.capture_obj.num_frames, self.frames_per_shard)
+        for i, target in enumerate(self.input()):
+            entries += json.loads(Path(target["quarantine"].path).read_text())["entries"]
+            shards.append({"path": target["shard"].path, "capture": self.capture_obj.name, "shard": i,
+                           "first_frame": ranges[i].start, "frames": len(ranges[i])})
+        report = quarantine_report(self.capture_obj, entries, self.capture_obj.num_frames * self.capture_obj.num_views)
+        out = self.output()
+        write_json(Path(out["report"].path), report)
+        Path(out["table"].path + ".tmp").write_text(format_quarantine(report, limit=10_000) + "\n")
+        os.replace(out["table"].path + ".tmp", out["table"].path)
+        write_json(Path(out["shards"].path), shards)
+
+
+class PrepareDataset(_DetectParams, _LabelParams):
+    """Every capture through detection, labelling and refinement into shards, then the dataset index."""
+
+    captures = luigi.ListParameter(description="capture directories or hanco:<root>#<seq> references")
+    out = luigi.Parameter(description="root directory of prepared outputs")
+    split_by = luigi.ChoiceParameter(choices=["capture", "frame"], default="frame")
+    val_fraction = luigi.FloatParameter(default=0.1)
+    test_fraction = luigi.FloatParameter(default=0.1)
+
+    def requires(self):
+        return [self.clone(CaptureReport, capture=c) for c in self.captures]
+
+    def output(self):
+        keys = [Path(r.output()["shards"].path).parent.as_posix() for r in self.requires()]
+        h = version_hash("dataset", keys, self.split_by, self.val_fraction, self.test_fraction)
+        return luigi.LocalTarget(os.path.join(self.out, f"dataset-{h}.json"))
+
+    def run(self):
+        shards, reports = [], []
+        for target in self.input():
+            shards += json.loads(Path(target["shards"].path).read_text())
+            rep = json.loads(Path(target["report"].path).read_text())
+            reports.append({"capture": rep["capture"], "views": rep["views"], "counts": rep["counts"],
+                            "report": target["report"].path, "table": target["table"].path})
+        index = {
+            "format": "hamuco-dataset-index", "version": 1, "code_version": code_version(),
+            "labeler": self.labeler, "crop_size": self.crop_size,
+            "split": {"by": self.split_by, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+                      **split_shards(shards, self.split_by, self.val_fraction, self.test_fraction)},
+            "shards": shards, "quarantine": reports,
+        }
+        write_json(Path(self.output().path), index)
+
+
+class Demo(luigi.Task):
+    """The main job on the embedded synthetic capture: generate, then prepare it."""
+
+    out = luigi.Parameter(default="demo_output")
+    frames_per_shard = luigi.IntParameter(default=3)
+
+    def requires(self):
+        return SyntheticCapture(dest=os.path.join(self.out, "capture"))
+
+    def output(self):
+        return luigi.LocalTarget(os.path.join(self.out, "demo.json"))
+
+    def run(self):
+        dataset = yield PrepareDataset(captures=[os.path.join(self.out, "capture")],
+                                       out=os.path.join(self.out, "prepared"), frames_per_shard=self.frames_per_shard)
+        write_json(Path(self.output().path), {"dataset_index": dataset.path})

@@ -1,0 +1,268 @@
+"""Data-preparation tasks with Luigi's real scheduler: completeness, versions, quarantine,
+kills mid-write, luigid with two workers, HanCo import."""
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import luigi
+import numpy as np
+import pytest
+
+from pipeline.crop import apply_affine
+from pipeline.shards import ShardReader, verify_shard
+from pipeline.synthetic import DEMO_CONFIG, generate_capture
+from tasks.cli import main
+from tasks.prepare import CaptureReport, LabelShard, OpenPoseLabeler, PrepareDataset
+
+REPO = Path(__file__).resolve().parent.parent
+CFG = replace(DEMO_CONFIG, cameras=4, frames=4, seed=11)
+
+
+@pytest.fixture(scope="module")
+def capture_dir(tmp_path_factory):
+    return generate_capture(tmp_path_factory.mktemp("prep") / "cap", CFG, progress=False).root
+
+
+def build(task, **kw):
+    return luigi.build([task], local_scheduler=True, log_level="WARNING", **kw)
+
+
+def all_tasks(task):
+    seen, todo = [], [task]
+    while todo:
+        t = todo.pop()
+        seen.append(t)
+        todo += luigi.task.flatten(t.requires())
+    return seen
+
+
+def runs(out):
+    path = Path(out) / "runs.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_prepare_completes_and_rerun_is_a_no_op(capture_dir, tmp_path):
+    task = PrepareDataset(captures=[str(capture_dir)], out=str(tmp_path), frames_per_shard=2)
+    assert build(task)
+    index = json.loads(Path(task.output().path).read_text())
+    assert len(index["shards"]) == 2 and index["labeler"] == "mediapipe"
+    for s in index["shards"]:
+        verify_shard(s["path"])
+        with ShardReader(s["path"]) as r:
+            assert len(r) == 2 and r.attrs["labeler"] == "mediapipe"
+            assert r.attrs["capture_hash"] and r.attrs["code_version"]
+            sample = r[0]
+            assert sample.crops.shape == (4, 256, 256, 3)
+            assert sample.view_valid.sum() >= 2
+    report = json.loads(Path(index["quarantine"][0]["report"]).read_text())
+    assert report["views"] == 16
+    assert all(t.complete() for t in all_tasks(task))
+    before = runs(tmp_path)
+    assert len([r for r in before if r["task"] == "LabelShard"]) == 2
+    assert build(task)  # everything is complete: nothing runs again
+    assert runs(tmp_path) == before
+
+
+def test_labeler_change_writes_a_new_version_beside_the_old(capture_dir, tmp_path):
+    a = PrepareDataset(captures=[str(capture_dir)], out=str(tmp_path), frames_per_shard=4)
+    assert build(a)
+    old = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.h5")}
+    b = PrepareDataset(captures=[str(capture_dir)], out=str(tmp_path), frames_per_shard=4, refine_threshold_px=9.0)
+    assert build(b)
+    new = set(tmp_path.rglob("*.h5")) - set(old)
+    assert len(old) == 1 and len(new) == 1
+    assert next(iter(new)).parent != next(iter(old)).parent  # a new version directory ...
+    assert all(p.stat().st_mtime_ns == t for p, t in old.items())  # ... and the old one untouched
+    assert a.output().path != b.output().path
+
+
+def test_weights_change_gives_another_output_path(capture_dir, tmp_path):
+    w1, w2 = tmp_path / "w1.pth", tmp_path / "w2.pth"
+    w1.write_bytes(b"weights one")
+    w2.write_bytes(b"weights two")
+    paths = []
+    for w in (w1, w2):
+        with _cfg("OpenPoseLabeler", "weights_path", str(w)):
+            t = LabelShard(capture=str(capture_dir), out=str(tmp_path), shard=0, labeler="openpose")
+            paths.append(t.output()["shard"].path)
+    assert paths[0] != paths[1] and "labels-openpose-" in paths[0]
+
+
+class _cfg:
+    """Set one luigi.cfg value for the duration of a with-block."""
+
+    def __init__(self, section, key, value):
+        self.section, self.key, self.value = section, key, value
+
+    def __enter__(self):
+        cfg = luigi.configuration.get_config()
+        if not cfg.has_section(self.section):
+            cfg.add_section(self.section)
+        self.old = cfg.get(self.section, self.key, None)
+        cfg.set(self.section, self.key, self.value)
+        OpenPoseLabeler.clear_instance_cache()
+
+    def __exit__(self, *exc):
+        cfg = luigi.configuration.get_config()
+        if self.old is None:
+            cfg.remove_option(self.section, self.key)
+        else:
+            cfg.set(self.section, self.key, self.old)
+        OpenPoseLabeler.clear_instance_cache()
+
+
+def test_bad_images_are_quarantined_with_reasons(capture_dir, tmp_path):
+    cap = tmp_path / "cap"
+    shutil.copytree(capture_dir, cap)
+    (cap / "images" / "cam01" / "000002.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # corrupt
+    (cap / "images" / "cam02" / "000001.png").unlink()  # missing frame
+    (cap / "images" / "cam03" / "000003.png").write_bytes(b"")  # zero-size
+    task = PrepareDataset(captures=[str(cap)], out=str(tmp_path / "out"), frames_per_shard=4)
+    assert build(task)
+    index = json.loads(Path(task.output().path).read_text())
+    report = json.loads(Path(index["quarantine"][0]["report"]).read_text())
+    skipped = {(e["frame"], e["camera"]): e["reason"] for e in report["entries"] if e["action"] == "skipped"}
+    assert "000002.png" in skipped["000002", "cam01"]
+    assert "000001.png" in skipped["000001", "cam02"] and "missing" in skipped["000001", "cam02"]
+    assert "000003.png" in skipped["000003", "cam03"]
+    table = Path(index["quarantine"][0]["table"]).read_text()
+    assert "cam02" in table and "skipped" in table
+    with ShardReader(index["shards"][0]["path"]) as r:
+        assert not r[2].view_valid[1] and not r[1].view_valid[2] and not r[3].view_valid[3]
+
+
+def test_nan_calibration_is_a_clear_error(capture_dir, tmp_path, capsys):
+    cap = tmp_path / "cap"
+    shutil.copytree(capture_dir, cap)
+    doc = json.loads((cap / "capture.json").read_text())
+    doc["cameras"][2]["K"][0][2] = float("nan")
+    (cap / "capture.json").write_text(json.dumps(doc))
+    assert main(["prepare", str(cap), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "capture.json" in err and "cam02" in err and "NaN" in err and "Traceback" not in err
+
+
+def _luigi_cmd(capture, out, *extra):
+    return [sys.executable, "-m", "luigi", "--module", "tasks", "PrepareDataset", "--captures",
+            json.dumps([str(capture)]), "--out", str(out), "--frames-per-shard", "1", *extra]
+
+
+def test_kill_during_shard_writing_never_leaves_a_complete_looking_output(capture_dir, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def start(out):
+        return subprocess.Popen(_luigi_cmd(capture_dir, out, "--local-scheduler"), cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    t0 = time.perf_counter()
+    assert start(tmp_path / "reference").wait(timeout=300) == 0
+    full = time.perf_counter() - t0  # a whole run, interpreter start-up included
+    rng = random.Random(0)
+    killed, last = 0, None
+    for trial in range(25):
+        last = tmp_path / f"trial{trial}"
+        proc = start(last)
+        time.sleep(rng.uniform(0.5 * full, full))
+        if proc.poll() is not None:
+            continue  # finished before the kill: not a trial
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed += 1
+        for h5 in last.rglob("*.h5"):
+            verify_shard(h5)  # anything at a final path is complete
+        for js in last.rglob("*.json"):
+            json.loads(js.read_text())
+        if killed == 10:
+            break
+    assert killed == 10
+    task = PrepareDataset(captures=[str(capture_dir)], out=str(last), frames_per_shard=1)
+    assert build(task)  # the rerun completes what the killed run left
+    index = json.loads(Path(task.output().path).read_text())
+    assert len(index["shards"]) == 4
+    for s in index["shards"]:
+        verify_shard(s["path"], deep=True)
+    assert not [p for p in last.rglob("*") if p.name.endswith(".tmp")]  # stale temporaries cleaned up
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_luigid_with_two_workers_writes_each_shard_once(tmp_path):
+    # enough shards (12 frames, one per shard) that both workers find work
+    capture_dir = generate_capture(tmp_path / "cap", replace(CFG, cameras=6, frames=12), progress=False).root
+    port = free_port()
+    luigid = shutil.which("luigid", path=str(Path(sys.executable).parent)) or "luigid"
+    daemon = subprocess.Popen([luigid, "--address", "127.0.0.1", "--port", str(port), "--logdir", str(tmp_path),
+                               "--state-path", str(tmp_path / "state.pickle")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        out = tmp_path / "out"
+        cmd = _luigi_cmd(capture_dir, out, "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port),
+                         "--workers", "1", "--no-lock")  # two identical commands on one machine
+        logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]  # files: a full pipe would stall a worker
+        workers = [subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT) for log in logs]
+        for w in workers:
+            w.wait(timeout=600)
+        for log in logs:
+            log.close()
+        logs = [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(2)]
+        assert all(w.returncode == 0 for w in workers), logs
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+    shards = [r["output"] for r in runs(out) if r["task"] == "LabelShard"]
+    assert len(shards) == 12 and len(set(shards)) == 12  # each shard written exactly once
+    assert len({r["pid"] for r in runs(out)}) == 2, logs  # and both workers took part
+    for s in shards:
+        verify_shard(s)
+
+
+def test_hanco_import(tmp_path):
+    from tests.test_hanco import make_dataset
+
+    root = tmp_path / "HanCo"
+    truth = make_dataset(root)
+    ref = f"hanco:{root}#0000"
+    task = PrepareDataset(captures=[ref], out=str(tmp_path / "out"), labeler="imported", frames_per_shard=8,
+                          crop_size=128)
+    assert build(task)
+    index = json.loads(Path(task.output().path).read_text())
+    with ShardReader(index["shards"][0]["path"]) as r:
+        assert r.attrs["labeler"] == "imported" and len(r) == 3
+        s = r[1]
+        assert s.view_valid.all() and s.crops.shape == (3, 128, 128, 3)
+        kp, conf = truth["0000"]["keypoints"][1, "00000001"]
+        assert np.allclose(s.keypoints[1], apply_affine(kp, s.crop_affine[1]), atol=1e-3)
+        assert np.allclose(s.confidence[1], conf, atol=1e-6)
+        # calibrated, so refined by triangulation: the fixture's random labels rarely agree across views
+        assert s.triangulated.shape == (21, 3) and np.all(s.refined_confidence <= s.confidence + 1e-6)
+        assert np.isfinite(s.reprojection_error).any()
+
+
+def test_cli_prepare_and_inspect(capture_dir, tmp_path, capsys):
+    assert main(["prepare", str(capture_dir), "--out", str(tmp_path), "--frames-per-shard", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "dataset index:" in text and "quarantine" in text
+    shard = next(tmp_path.rglob("shard-00000.h5"))
+    assert main(["shards", "inspect", str(shard)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["schema_version"] == 1 and info["samples"] == 4
+    assert main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
