@@ -199,7 +199,7 @@ def make_labeler(name: str, weights_path: Optional[str] = None, weights_url: Opt
         from .labelers.openpose import DEFAULT_URL, OpenPoseLabeler
 
         return OpenPoseLabeler(weights_path=weights_path, weights_url=weights_url or DEFAULT_URL,
-                               weights_sha256=weights_sha256, model_dir=model_dir)
+                               sha256=weights_sha256, model_dir=model_dir)
     if name == "imported":
         return None
     raise HamucoError(f"unknown labeler {name!r}: choose mediapipe, openpose or imported")

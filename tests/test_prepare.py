@@ -223,14 +223,17 @@ def test_luigid_with_two_workers_writes_each_shard_once(tmp_path):
             w.wait(timeout=600)
         for log in logs:
             log.close()
-        logs = [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(2)]
-        assert all(w.returncode == 0 for w in workers), logs
+        logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+        assert all(w.returncode == 0 for w in workers), [log[-3000:] for log in logs]
+        assert all("Done scheduling tasks" in log for log in logs)  # both worked against luigid
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
     shards = [r["output"] for r in runs(out) if r["task"] == "LabelShard"]
     assert len(shards) == 12 and len(set(shards)) == 12  # each shard written exactly once
-    assert len({r["pid"] for r in runs(out)}) == 2, logs  # and both workers took part
+    detections = [r["output"] for r in runs(out) if r["task"] == "DetectHands"]
+    assert len(detections) == 12 and len(set(detections)) == 12
+    # which worker wrote what depends on timing (usually both share the work): not asserted
     for s in shards:
         verify_shard(s)
 
