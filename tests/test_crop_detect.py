@@ -91,3 +91,32 @@ def test_unusable_image_is_invalid_with_reason(demo_like, tmp_path):
     with MediaPipeHands() as det:
         views = detect_frame(cap, 0, det)
     assert views[5].status == INVALID and "cam05" in views[5].reason and "unreadable" in views[5].reason
+
+
+def test_the_hand_consistent_across_views_is_kept(demo_like):
+    """A second, inconsistent 'hand' with a higher score loses to the one all views agree on."""
+    from pipeline.detect import Hand
+    with MediaPipeHands() as det:
+        candidates = [det(demo_like.read_image(c, 0)) for c in range(demo_like.num_views)]
+    found = [i for i, c in enumerate(candidates) if c]
+    assert len(found) >= 4
+    decoy_view = found[0]
+    true = candidates[decoy_view][0]
+    decoy = Hand(landmarks=true.landmarks + [60.0, 45.0], handedness=true.handedness, score=0.999)
+    candidates[decoy_view] = [decoy, true]
+    views = select_consistent(demo_like, 0, candidates)
+    assert np.allclose(views[decoy_view].landmarks, true.landmarks)
+    candidates[decoy_view] = [decoy]  # only the decoy: rejected, and the view recovered instead
+    views = select_consistent(demo_like, 0, candidates)
+    assert views[decoy_view].status == RECOVERED and "from the other views' hand" in views[decoy_view].reason
+
+
+def test_left_hands_are_flipped(tmp_path):
+    cap = generate_capture(tmp_path / "left", replace(DEMO_CONFIG, cameras=4, frames=1, seed=4, handedness="left"),
+                           progress=False)
+    with MediaPipeHands() as det:
+        views = detect_frame(cap, 0, det)
+    usable = [v for v in views if v.status != INVALID]
+    assert usable and all(v.flipped for v in usable)
+    A = crop_affine(usable[0].box, 256, usable[0].flipped)
+    assert np.linalg.det(A[:, :2]) < 0  # the crop mirrors the image: a left hand shows as a right one

@@ -269,3 +269,40 @@ def test_cli_prepare_and_inspect(capture_dir, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["schema_version"] == 1 and info["samples"] == 4
     assert main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+
+
+def test_corrupt_jpeg_in_hanco_is_quarantined(tmp_path):
+    from tests.test_hanco import make_dataset
+
+    root = tmp_path / "HanCo"
+    make_dataset(root)
+    (root / "rgb" / "0000" / "cam1" / "00000002.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    task = PrepareDataset(captures=[f"hanco:{root}#0000"], out=str(tmp_path / "out"), labeler="imported",
+                          frames_per_shard=8, crop_size=64)
+    assert build(task)
+    index = json.loads(Path(task.output().path).read_text())
+    report = json.loads(Path(index["quarantine"][0]["report"]).read_text())
+    (entry,) = [e for e in report["entries"] if e["action"] == "skipped"]
+    assert (entry["frame"], entry["camera"]) == ("00000002", "cam1") and "00000002.jpg" in entry["reason"]
+
+
+def test_openpose_labeler_through_the_tasks(capture_dir, tmp_path):
+    """The OpenPose path end to end (random weights in the published layout: real cost, random labels)."""
+    import torch
+    from pipeline.labelers.openpose import OpenPoseHandNet
+
+    small = generate_capture(tmp_path / "cap", replace(CFG, cameras=2, frames=1), progress=False).root
+    torch.manual_seed(0)
+    weights = tmp_path / "hand_pose_model.pth"
+    torch.save(OpenPoseHandNet().state_dict(), weights)
+    with _cfg("OpenPoseLabeler", "weights_path", str(weights)):
+        task = PrepareDataset(captures=[str(small)], out=str(tmp_path / "out"), labeler="openpose",
+                              frames_per_shard=1)
+        assert build(task)
+        index = json.loads(Path(task.output().path).read_text())
+    with ShardReader(index["shards"][0]["path"]) as r:
+        import hashlib
+        assert r.attrs["labeler"] == "openpose"
+        assert r.attrs["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+        assert r.attrs["labeler_params"]["scales"] == [0.5, 1.0, 1.5, 2.0]
+        assert r[0].keypoints.shape == (2, 21, 2)
