@@ -189,17 +189,18 @@ class RefineParams:
 
 
 def make_labeler(name: str, weights_path: Optional[str] = None, weights_url: Optional[str] = None,
-                 weights_sha256: Optional[str] = None, model_dir: Optional[str] = None):
+                 weights_sha256: Optional[str] = None, model_dir: Optional[str] = None,
+                 file_name: Optional[str] = None):
     """The labeler by name: ``mediapipe``, ``openpose`` or ``imported`` (HanCo's published labels)."""
     if name == "mediapipe":
         from .labelers.mediapipe import MediaPipeLabeler
 
         return MediaPipeLabeler()
     if name == "openpose":
-        from .labelers.openpose import DEFAULT_URL, OpenPoseLabeler
+        from .labelers.openpose import DEFAULT_FILE_NAME, DEFAULT_URL, OpenPoseLabeler
 
         return OpenPoseLabeler(weights_path=weights_path, weights_url=weights_url or DEFAULT_URL,
-                               sha256=weights_sha256, model_dir=model_dir)
+                               sha256=weights_sha256, model_dir=model_dir, file_name=file_name or DEFAULT_FILE_NAME)
     if name == "imported":
         return None
     raise HamucoError(f"unknown labeler {name!r}: choose mediapipe, openpose or imported")

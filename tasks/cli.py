@@ -113,6 +113,18 @@ def _prepare(args: argparse.Namespace) -> int:
 
     for ref in args.captures:  # clear errors before any task starts
         open_capture(ref)
+    if args.weights:  # the OpenPose weights file: same as [OpenPoseLabeler] weights_path in luigi.cfg
+        import luigi
+
+        from tasks.prepare import OpenPoseLabeler
+
+        if not Path(args.weights).is_file():
+            raise HamucoError(f"{args.weights}: OpenPose weights file not found (--weights)")
+        cfg = luigi.configuration.get_config()
+        if not cfg.has_section("OpenPoseLabeler"):
+            cfg.add_section("OpenPoseLabeler")
+        cfg.set("OpenPoseLabeler", "weights_path", str(Path(args.weights).resolve()))
+        OpenPoseLabeler.clear_instance_cache()
     params = {"captures": list(args.captures), "out": args.out, "labeler": args.labeler}
     if args.frames_per_shard:
         params["frames_per_shard"] = args.frames_per_shard
@@ -202,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output root directory")
     p.add_argument("--labeler", choices=("mediapipe", "openpose", "imported"), default="mediapipe")
     p.add_argument("--frames-per-shard", type=int, default=None, help="frames per shard (default from luigi.cfg)")
+    p.add_argument("--weights", default=None, metavar="PTH",
+                   help="OpenPose hand_pose_model.pth on disk (else weights_url / the cache, see luigi.cfg)")
     p.add_argument("--workers", type=int, default=1, help="Luigi worker processes on this machine")
     p.add_argument("--scheduler-host", default=None,
                    help="central luigid host (default: a local scheduler in this process)")

@@ -98,6 +98,7 @@ class OpenPoseLabeler(luigi.Config):
     weights_url = luigi.OptionalParameter(default=None, description="URL of hand_pose_model.pth")
     weights_sha256 = luigi.OptionalParameter(default=None, description="expected sha256 of the weights")
     weights_dir = luigi.OptionalParameter(default=None, description="download cache (default TORCH_HOME/hub)")
+    weights_file_name = luigi.Parameter(default="hand_pose_model.pth", description="file name in the cache")
 
 
 class _LabelParams(luigi.Task):
@@ -130,7 +131,7 @@ class _LabelParams(luigi.Task):
             if key not in _WEIGHTS_SHA:
                 _WEIGHTS_SHA[key] = hashlib.sha256(path.read_bytes()).hexdigest()
             return _WEIGHTS_SHA[key]
-        return f"url:{w.weights_url or 'default'}"
+        return f"url:{w.weights_url or 'default'}/{w.weights_file_name}"
 
     @property
     def label_version(self) -> str:
@@ -192,7 +193,8 @@ class LabelShard(_CaptureTask, _DetectParams, _LabelParams):
         doc = json.loads(Path(self.input().path).read_text())
         frames, dets = doc["frames"], detections_from_json(doc)
         w = self.weights
-        labeler = make_labeler(self.labeler, w.weights_path, w.weights_url, w.weights_sha256, w.weights_dir)
+        labeler = make_labeler(self.labeler, w.weights_path, w.weights_url, w.weights_sha256, w.weights_dir,
+                               w.weights_file_name)
         try:
             params = getattr(labeler, "params", {"source": "rgb_2D_keypoints"})
             sha = getattr(labeler, "weights_sha256", "hanco-published")

@@ -269,6 +269,9 @@ def test_cli_prepare_and_inspect(capture_dir, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["schema_version"] == 1 and info["samples"] == 4
     assert main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert main(["prepare", str(capture_dir), "--out", str(tmp_path), "--labeler", "openpose",
+                 "--weights", str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth: OpenPose weights file not found" in capsys.readouterr().err
 
 
 def test_corrupt_jpeg_in_hanco_is_quarantined(tmp_path):

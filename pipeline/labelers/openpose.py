@@ -502,12 +502,13 @@ class OpenPoseLabeler:
 
     def __init__(self, weights_path: Optional[str | os.PathLike] = None, weights_url: str = DEFAULT_URL,
                  sha256: Optional[str] = None, model_dir: Optional[str | os.PathLike] = None,
+                 file_name: str = DEFAULT_FILE_NAME,
                  scales: Sequence[float] = SCALES, box_size: int = BOX_SIZE, threshold: float = THRESHOLD,
                  sigma: float = SIGMA, device: str | torch.device = "cpu", channels_last: bool = True,
                  batch_size: int = 4, max_pixels_per_call: Optional[int] | str = "auto",
                  progress: bool = True) -> None:
-        self.net = build_openpose_hand(weights_path, url=weights_url, sha256=sha256, model_dir=model_dir,
-                                       progress=progress)
+        self.net = build_openpose_hand(weights_path, url=weights_url, file_name=file_name, sha256=sha256,
+                                       model_dir=model_dir, progress=progress)
         self.weights_sha256: str = self.net.weights_sha256
         self.device = torch.device(device)
         self.channels_last = channels_last
