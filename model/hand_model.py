@@ -128,6 +128,27 @@ class HandModel(nn.Module):
         joints = torch.cat([mano_joints, tips], dim=1)[:, self.openpose_index]
         return HandOutput(vertices=vertices, joints=joints, mano_joints=mano_joints)
 
+    def forward_rotmat(self, rotmats: torch.Tensor, betas: torch.Tensor,
+                       transl: Optional[torch.Tensor] = None) -> HandOutput:
+        """Like :meth:`forward` with the 16 joint rotations as matrices (B, 16, 3, 3), global first.
+
+        This is the path of the networks (6D rotations → matrices → LBS) and stays differentiable.
+        """
+        from smplx.lbs import lbs
+
+        if betas.shape[-1] < self.num_betas:
+            betas = torch.nn.functional.pad(betas, (0, self.num_betas - betas.shape[-1]))
+        layer = self.layer
+        vertices, mano_joints = lbs(betas[..., : self.num_betas], rotmats.reshape(rotmats.shape[0], -1),
+                                    layer.v_template, layer.shapedirs, layer.posedirs, layer.J_regressor,
+                                    layer.parents, layer.lbs_weights, pose2rot=False)
+        if transl is not None:
+            vertices = vertices + transl[:, None]
+            mano_joints = mano_joints + transl[:, None]
+        tips = vertices[:, self.tip_vertex_ids]
+        joints = torch.cat([mano_joints, tips], dim=1)[:, self.openpose_index]
+        return HandOutput(vertices=vertices, joints=joints, mano_joints=mano_joints)
+
     def rest_joints(self, betas: Optional[torch.Tensor] = None) -> torch.Tensor:
         """OpenPose joints (21, 3) of the flat rest pose for the given shape."""
         dtype = self.layer.v_template.dtype

@@ -135,3 +135,28 @@ def test_shape_changes_hand_size(right):
     big[0, 0] = 2.0
     span = lambda out: (out.joints[0, 12] - out.joints[0, 0]).norm()
     assert span(right(g, p, big)) > 1.05 * span(right(g, p, b))
+
+
+def test_rotation_matrix_path_equals_axis_angle_path(right):
+    from model.rotations import axis_angle_to_matrix, matrix_to_rot6d, rot6d_to_matrix
+    go, hp, betas, transl = random_params(np.random.default_rng(5))
+    full = torch.cat([go, hp], dim=1).reshape(-1, 16, 3)
+    R = rot6d_to_matrix(matrix_to_rot6d(axis_angle_to_matrix(full)))
+    a = right(go, hp, betas, transl)
+    b = right.forward_rotmat(R, betas, transl)
+    assert torch.allclose(a.joints, b.joints, atol=1e-6) and torch.allclose(a.vertices, b.vertices, atol=1e-6)
+
+
+def test_rotation_conversions_round_trip():
+    from scipy.spatial.transform import Rotation
+
+    from model.rotations import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix
+    aa = torch.as_tensor(np.random.default_rng(6).normal(0, 1.2, (500, 3)))
+    R = axis_angle_to_matrix(aa)
+    assert torch.allclose(R, torch.as_tensor(Rotation.from_rotvec(aa.numpy()).as_matrix()), atol=1e-9)
+    assert torch.allclose(axis_angle_to_matrix(matrix_to_axis_angle(R)), R, atol=1e-9)
+    assert torch.allclose(rot6d_to_matrix(matrix_to_rot6d(R)), R, atol=1e-9)
+    # 6D of any two non-parallel vectors gives a proper rotation
+    M = rot6d_to_matrix(torch.randn(100, 6, dtype=torch.float64))
+    assert torch.allclose(M @ M.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(100, 3, 3), atol=1e-9)
+    assert torch.allclose(torch.det(M), torch.ones(100, dtype=torch.float64))
