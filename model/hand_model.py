@@ -139,7 +139,7 @@ class HandModel(nn.Module):
         if betas.shape[-1] < self.num_betas:
             betas = torch.nn.functional.pad(betas, (0, self.num_betas - betas.shape[-1]))
         layer = self.layer
-        vertices, mano_joints = lbs(betas[..., : self.num_betas], rotmats.reshape(rotmats.shape[0], -1),
+        vertices, mano_joints = lbs(betas[..., : self.num_betas], rotmats,
                                     layer.v_template, layer.shapedirs, layer.posedirs, layer.J_regressor,
                                     layer.parents, layer.lbs_weights, pose2rot=False)
         if transl is not None:
