@@ -585,6 +585,13 @@ class ShardReader:
             ds = self._ds[name] = f[name]
         return ds
 
+    def field(self, name: str) -> np.ndarray:
+        """A whole per-sample dataset (e.g. ``view_valid``) without reading crops."""
+        try:
+            return self._dataset(name)[...]
+        except KeyError:
+            raise ShardError(f"{self.path}: no dataset {name!r}") from None
+
     def close(self) -> None:
         if self._h5 is not None:
             if self._pid == os.getpid():

@@ -1,0 +1,169 @@
+"""The torch Dataset over HDF5 shards: one item = one frame's views, ready for the model.
+
+Reading goes through :class:`pipeline.shards.ShardReader`, which opens its HDF5 file lazily in
+each process, so every DataLoader worker has its own file handles.
+
+Per item (V views, S×S crops)::
+
+    images            float32 (V, 3, S, S)  RGB, ImageNet mean/std normalised
+    keypoints         float32 (V, 21, 2)    pseudo labels, crop pixels
+    confidence        float32 (V, 21)       raw or refined confidence (``confidence=``)
+    view_mask         bool    (V,)          valid views; invalid ones are masked, never used
+    crop_K            float32 (V, 3, 3)     intrinsics seen from the crop (NaN unknown)
+    extrinsics        float32 (V, 3, 4)     world → camera
+    extrinsics_known  bool    (V,)
+    gt_joints_world   float32 (21, 3)       NaN when the shard has no ground truth
+    gt_joints_2d      float32 (V, 21, 2)    crop pixels, NaN when unknown
+    view_order        int64   (V,)          which stored view each position holds
+
+Documented skips: a sample whose views are all invalid is left out of the dataset (counted in
+``skipped_samples``); a non-finite pseudo label gets confidence 0 (counted in ``nan_labels``).
+Augmentation (training): a random similarity jitter of each crop (scale, shift, as the paper's
+crop jitter), optional blur and occlusion patches, and the camera order shuffled per sample;
+keypoints, intrinsics and ground truth follow the same transform. Deterministic for
+(seed, epoch, index).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from model.errors import HamucoError
+
+from .shards import ShardReader
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    scale: tuple[float, float] = (0.9, 1.1)  # crop zoom
+    shift: float = 0.08  # fraction of the crop size
+    rotation_deg: float = 0.0
+    blur_prob: float = 0.0
+    occlusion_prob: float = 0.0
+    shuffle_views: bool = True
+
+
+def load_index(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HamucoError(f"{path}: dataset index not found (make one with 'hamuco prepare')") from None
+    except json.JSONDecodeError as exc:
+        raise HamucoError(f"{path}: not a dataset index ({exc})") from None
+    if index.get("format") != "hamuco-dataset-index":
+        raise HamucoError(f"{path}: not a dataset index (format {index.get('format')!r})")
+    return index
+
+
+class ShardDataset(Dataset):
+    """Samples of the shards of one split of a dataset index (or of explicit shard paths)."""
+
+    def __init__(self, source: str | Path | Sequence[str | Path], split: str = "train",
+                 confidence: str = "refined", augmentation: Optional[Augmentation] = None, seed: int = 0):
+        if confidence not in ("raw", "refined"):
+            raise HamucoError(f"confidence must be 'raw' or 'refined', not {confidence!r}")
+        if isinstance(source, (str, Path)):
+            index = load_index(source)
+            if split not in index["split"]:
+                raise HamucoError(f"{source}: no split {split!r} (have train, val, test)")
+            paths = index["split"][split]
+        else:
+            paths = list(source)
+        self.readers = [ShardReader(p) for p in paths]
+        self.confidence = confidence
+        self.augmentation = augmentation
+        self.seed = seed
+        self.epoch = 0
+        self.items: list[tuple[int, int]] = []
+        self.skipped_samples = 0
+        for ri, reader in enumerate(self.readers):
+            valid = reader.field("view_valid")
+            for si in range(len(reader)):
+                if valid[si].any():
+                    self.items.append((ri, si))
+                else:
+                    self.skipped_samples += 1
+        views = {r.num_views for r in self.readers}
+        self.num_views = views.pop() if len(views) == 1 else None
+        self.nan_labels = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draw (the trainer calls this every epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        ri, si = self.items[i]
+        s = self.readers[ri][si]
+        V, S = s.crops.shape[0], s.crops.shape[1]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        conf = (s.refined_confidence if self.confidence == "refined" else s.confidence).astype(np.float32)
+        kp = s.keypoints.astype(np.float32)
+        bad = ~np.all(np.isfinite(kp), axis=-1) | ~np.isfinite(conf)
+        if bad.any():
+            self.nan_labels += int(bad.sum())
+            conf = np.where(bad, 0.0, conf).astype(np.float32)
+            kp = np.where(bad[..., None], 0.0, kp).astype(np.float32)
+        crops = s.crops
+        crop_K = s.crop_K.astype(np.float64)
+        gt2d = (np.array(s.gt_joints_2d, np.float32) if s.gt_joints_2d is not None
+                else np.full((V, 21, 2), np.nan, np.float32))
+        aug = self.augmentation
+        images = np.empty((V, S, S, 3), np.float32)
+        order = np.arange(V)
+        if aug is not None:
+            if aug.shuffle_views:
+                order = rng.permutation(V)
+            for v in range(V):
+                J = _jitter(rng, S, aug)
+                img = cv2.warpAffine(crops[v], J, (S, S), flags=cv2.INTER_LINEAR, borderValue=0)
+                if aug.blur_prob and rng.random() < aug.blur_prob:
+                    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 2.0))
+                if aug.occlusion_prob and rng.random() < aug.occlusion_prob:
+                    w, h = (rng.uniform(0.1, 0.3, 2) * S).astype(int)
+                    x, y = rng.integers(0, S - w), rng.integers(0, S - h)
+                    img[y:y + h, x:x + w] = rng.integers(0, 255, 3)
+                images[v] = img
+                kp[v] = kp[v] @ J[:, :2].T + J[:, 2]
+                gt2d[v] = gt2d[v] @ J[:, :2].T + J[:, 2]
+                crop_K[v] = np.vstack([J, [0, 0, 1]]) @ crop_K[v]
+        else:
+            images[:] = crops
+        images = (images / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        gt_world = s.gt_joints_world if s.gt_joints_world is not None else np.full((21, 3), np.nan, np.float32)
+        ext_known = s.extrinsics_known
+        return {
+            "images": torch.from_numpy(images[order].transpose(0, 3, 1, 2).copy()),
+            "keypoints": torch.from_numpy(kp[order].copy()),
+            "confidence": torch.from_numpy(conf[order].copy()),
+            "view_mask": torch.from_numpy(s.view_valid[order].copy()),
+            "crop_K": torch.from_numpy(crop_K[order].astype(np.float32)),
+            "extrinsics": torch.from_numpy(s.extrinsics[order].astype(np.float32)),
+            "extrinsics_known": torch.from_numpy(np.asarray(ext_known)[order].copy()),
+            "gt_joints_world": torch.from_numpy(np.asarray(gt_world, np.float32)),
+            "gt_joints_2d": torch.from_numpy(np.asarray(gt2d, np.float32)[order].copy()),
+            "view_order": torch.from_numpy(order.astype(np.int64)),
+        }
+
+
+def _jitter(rng: np.random.Generator, size: int, aug: Augmentation) -> np.ndarray:
+    """A random similarity about the crop centre (2, 3), crop pixels → crop pixels."""
+    c = (size - 1) / 2.0
+    s = rng.uniform(*aug.scale)
+    a = np.deg2rad(rng.uniform(-aug.rotation_deg, aug.rotation_deg)) if aug.rotation_deg else 0.0
+    d = rng.uniform(-aug.shift, aug.shift, 2) * size
+    R = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    return np.hstack([R, (np.array([c, c]) + d - R @ np.array([c, c]))[:, None]])

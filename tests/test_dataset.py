@@ -1,0 +1,89 @@
+"""The torch Dataset over shards: items, masks, documented skips, augmentation geometry, workers."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import luigi
+import numpy as np
+import pytest
+import torch
+
+from model.errors import HamucoError
+from pipeline.dataset import Augmentation, ShardDataset
+from pipeline.shards import ShardReader, ShardSample, ShardWriter
+from pipeline.synthetic import DEMO_CONFIG, generate_capture
+from tasks.prepare import PrepareDataset
+
+
+@pytest.fixture(scope="module")
+def index_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    cap = generate_capture(root / "cap", replace(DEMO_CONFIG, cameras=4, frames=6, seed=12), progress=False)
+    task = PrepareDataset(captures=[str(cap.root)], out=str(root / "out"), frames_per_shard=2)
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    return task.output().path
+
+
+def test_items_have_model_ready_shapes(index_path):
+    ds = ShardDataset(index_path, split="train")
+    assert len(ds) == 2  # 3 shards of 2 frames: train 1, val 1, test 1
+    item = ds[0]
+    assert item["images"].shape == (4, 3, 256, 256) and item["images"].dtype == torch.float32
+    assert item["keypoints"].shape == (4, 21, 2) and item["confidence"].shape == (4, 21)
+    assert item["view_mask"].dtype == torch.bool and item["gt_joints_world"].shape == (21, 3)
+    assert abs(float(item["images"].mean())) < 2.0  # normalised
+    index = json.loads(Path(index_path).read_text())
+    raw = ShardDataset(index_path, split="train", confidence="raw")[0]["confidence"]
+    with ShardReader(index["split"]["train"][0]) as r:
+        assert torch.allclose(raw, torch.from_numpy(r[0].confidence))
+        assert torch.allclose(item["confidence"], torch.from_numpy(r[0].refined_confidence))
+    with pytest.raises(HamucoError, match="confidence must be"):
+        ShardDataset(index_path, confidence="best")
+
+
+def test_augmentation_keeps_labels_and_geometry_consistent(index_path):
+    ds = ShardDataset(index_path, split="train", augmentation=Augmentation(rotation_deg=10))
+    item = ds[1]
+    order = item["view_order"].numpy()
+    assert sorted(order) == [0, 1, 2, 3]
+    X = item["gt_joints_world"].numpy().astype(np.float64)
+    for v in range(4):
+        if not item["view_mask"][v]:
+            continue
+        E = item["extrinsics"][v].numpy().astype(np.float64)
+        K = item["crop_K"][v].numpy().astype(np.float64)
+        p = (X @ E[:, :3].T + E[:, 3]) @ K.T
+        assert np.allclose(p[:, :2] / p[:, 2:], item["gt_joints_2d"][v].numpy(), atol=0.05)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1]["images"], item["images"])  # a new draw each epoch
+    ds.set_epoch(0)
+    assert torch.equal(ds[1]["images"], item["images"])  # deterministic for (seed, epoch, index)
+
+
+def test_all_invalid_samples_are_skipped_and_nan_labels_zeroed(index_path, tmp_path):
+    index = json.loads(Path(index_path).read_text())
+    with ShardReader(index["split"]["train"][0]) as r:
+        samples = [r[i] for i in range(len(r))]
+        names, size, attrs = r.camera_names, r.crop_size, {k: r.attrs[k] for k in
+                                                          ("labeler", "source_capture", "capture_hash", "handedness")}
+    bad = replace(samples[0], view_valid=np.zeros(4, bool))
+    nan = replace(samples[1], keypoints=samples[1].keypoints.copy())
+    nan.keypoints[0, 3] = np.nan
+    path = tmp_path / "shard.h5"
+    with ShardWriter(path, names, size, attrs) as w:
+        w.add(bad)
+        w.add(nan)
+    ds = ShardDataset([path])
+    assert len(ds) == 1 and ds.skipped_samples == 1
+    item = ds[0]
+    pos = int(np.nonzero(item["view_order"].numpy() == 0)[0][0])
+    assert item["confidence"][pos, 3] == 0 and torch.isfinite(item["keypoints"]).all()
+    assert ds.nan_labels == 1
+
+
+def test_dataloader_workers_read_their_own_handles(index_path):
+    ds = ShardDataset(index_path, split="train", augmentation=Augmentation())
+    single = [ds[i] for i in range(len(ds))]
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, shuffle=False)
+    for a, b in zip(single, loader):
+        assert torch.equal(a["images"], b["images"][0]) and torch.equal(a["view_order"], b["view_order"][0])
