@@ -1,0 +1,280 @@
+"""A trainer over any torch Dataset: AdamW, cosine schedule, exact resume, atomic checkpoints.
+
+The trainer knows nothing of file formats or Luigi. It is given a model, a dataset and an
+objective ``objective(model, batch, step) -> dict[str, Tensor]`` whose ``"total"`` entry is
+minimised (the other entries are logged).
+
+Checkpoints (``checkpoint-last.pt`` every ``checkpoint_every`` steps and at every epoch end,
+plus ``checkpoint-final.pt``) hold the model, optimizer, scheduler, torch RNG state and the
+data-order state (epoch, position in the epoch's permutation), and the architecture and
+provenance they were made with. They are written to a temporary file and renamed, and read
+with ``torch.load(..., weights_only=True)``. Resuming continues exactly: on CPU, k steps, a
+kill and k resumed steps give the same weights as 2k steps.
+
+A non-finite loss stops the run with a message; the last good checkpoint stays as it was.
+Metrics go to ``metrics.jsonl`` (one JSON object per step) and ``loss_curve.png``.
+Multi-process training: run under ``torchrun`` (gloo on CPU); each rank takes every
+world-size-th sample of the shared permutation and gradients are averaged by
+DistributedDataParallel; rank 0 writes checkpoints and metrics.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import HamucoError
+
+CHECKPOINT_LAST = "checkpoint-last.pt"
+CHECKPOINT_FINAL = "checkpoint-final.pt"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8  # groups (samples of V views) per step and process
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    min_lr: float = 0.0  # cosine annealing to this
+    checkpoint_every: int = 100
+    seed: int = 0
+    num_workers: int = 0
+    grad_clip: Optional[float] = None
+    progress: bool = True
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # samples of the current epoch's permutation already consumed (all ranks)
+    history: list = field(default_factory=list)
+
+
+class NonFiniteLoss(HamucoError):
+    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+def _collate(items: list[dict]) -> dict:
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise HamucoError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise HamucoError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def check_architecture(ckpt: dict, architecture: dict, path: Path) -> None:
+    found = ckpt.get("architecture")
+    if found != architecture:
+        diff = {k: (found.get(k) if isinstance(found, dict) else None, architecture.get(k))
+                for k in set(architecture) | set(found or {})
+                if not isinstance(found, dict) or found.get(k) != architecture.get(k)}
+        raise HamucoError(f"{path}: checkpoint from another architecture: "
+                          + ", ".join(f"{k}: checkpoint {a!r}, model {b!r}" for k, (a, b) in sorted(diff.items())))
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, dataset: Dataset, objective: Callable, config: TrainConfig,
+                 out_dir: str | Path, architecture: Optional[dict] = None, provenance: Optional[dict] = None):
+        self.config = config
+        self.out = Path(out_dir)
+        self.dataset = dataset
+        self.objective = objective
+        self.architecture = architecture or {"model": type(model).__name__}
+        self.provenance = provenance or {}
+        self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if self.distributed else 0
+        self.world = torch.distributed.get_world_size() if self.distributed else 1
+        torch.manual_seed(config.seed)
+        self.model = model
+        self.ddp = torch.nn.parallel.DistributedDataParallel(model) if self.distributed else model
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(config.steps, 1),
+                                                                    eta_min=config.min_lr)
+        self.state = TrainState()
+        if len(dataset) == 0:
+            raise HamucoError("the training dataset is empty (no sample with a valid view)")
+
+    # ------------------------------------------------------------------ state
+    def _payload(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                "state": {"step": self.state.step, "epoch": self.state.epoch, "position": self.state.position},
+                "architecture": self.architecture, "provenance": self.provenance,
+                "config": asdict(self.config)}
+
+    def save(self, name: str = CHECKPOINT_LAST) -> Path:
+        path = self.out / name
+        if self.rank == 0:
+            save_checkpoint(path, self._payload())
+        return path
+
+    def resume(self, path: Optional[str | Path] = None) -> bool:
+        """Load the last checkpoint (or ``path``); False when there is none to resume."""
+        path = Path(path) if path else self.out / CHECKPOINT_LAST
+        if not path.is_file():
+            return False
+        ckpt = load_checkpoint(path)
+        check_architecture(ckpt, self.architecture, path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        st = ckpt["state"]
+        self.state = TrainState(step=int(st["step"]), epoch=int(st["epoch"]), position=int(st["position"]))
+        return True
+
+    # ------------------------------------------------------------------ data order
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.config.seed, epoch]).permutation(len(self.dataset))
+
+    def _batches(self):
+        """Yields batches forever from the saved data-order state; every rank sees its share.
+
+        The state is advanced before a batch is handed out, so a checkpoint written after a
+        step records exactly the data consumed so far; after an epoch's last batch it already
+        points at the start of the next epoch (and ``_epoch_end`` is set).
+        """
+        per_step = self.config.batch_size * self.world
+        while True:
+            order = self._epoch_order(self.state.epoch)
+            usable = len(order) - len(order) % per_step if len(order) >= per_step else len(order)
+            starts = list(range(self.state.position, usable, per_step))
+            if not starts:
+                self.state.epoch += 1
+                self.state.position = 0
+                continue
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(self.state.epoch)
+            mine = [order[s + self.rank: s + per_step: self.world] for s in starts]
+            # its own generator: creating a loader must not draw from the global torch RNG (dropout's)
+            loader = DataLoader(_Indexed(self.dataset, mine), batch_size=None, num_workers=self.config.num_workers,
+                                generator=torch.Generator().manual_seed(self.config.seed + self.state.epoch))
+            for i, batch in enumerate(loader):
+                self.state.position += per_step
+                if i == len(mine) - 1:
+                    self.state.epoch += 1
+                    self.state.position = 0
+                    self._epoch_end = True
+                yield batch
+
+    # ------------------------------------------------------------------ loop
+    def train(self, resume: bool = True, until: Optional[int] = None) -> dict:
+        """Train to ``config.steps``; ``until`` stops early without a final checkpoint, as a kill would."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        if resume:
+            self.resume()
+        self.out.mkdir(parents=True, exist_ok=True)
+        metrics_path = self.out / "metrics.jsonl"
+        if self.rank == 0 and metrics_path.exists():  # drop what an interrupted run logged past the checkpoint
+            keep = [line for line in metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.state.step]
+            metrics_path.write_text("".join(line + "\n" for line in keep))
+        bar = tqdm(total=cfg.steps, initial=self.state.step, unit="step", desc="train",
+                   disable=not cfg.progress or self.rank != 0)
+        self.model.train()
+        batches = self._batches()
+        last_good = self.out / CHECKPOINT_LAST
+        while self.state.step < cfg.steps:
+            if until is not None and self.state.step >= until:
+                bar.close()
+                return {"steps": self.state.step, "checkpoint": None, "metrics": str(metrics_path)}
+            t0 = time.perf_counter()
+            self._epoch_end = False
+            batch = next(batches)
+            losses = self.objective(self.ddp, batch, self.state.step)
+            total = losses["total"]
+            if not torch.isfinite(total):
+                raise NonFiniteLoss(
+                    f"loss is {float(total)} at step {self.state.step}"
+                    + (f"; the last good checkpoint is {last_good}" if last_good.is_file() else
+                       "; no checkpoint was written yet"))
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.state.step += 1
+            record = {"step": self.state.step, "epoch": self.state.epoch, "lr": self.scheduler.get_last_lr()[0],
+                      "seconds": round(time.perf_counter() - t0, 4),
+                      **{k: float(v.detach()) for k, v in losses.items()}}
+            if self.rank == 0:
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['total']:.4f}")
+            if self.state.step % cfg.checkpoint_every == 0 or self._epoch_end or self.state.step == cfg.steps:
+                last_good = self.save(CHECKPOINT_LAST)
+        bar.close()
+        final = self.save(CHECKPOINT_FINAL)
+        if self.rank == 0:
+            plot_loss_curve(metrics_path, self.out / "loss_curve.png")
+        return {"steps": self.state.step, "checkpoint": str(final), "metrics": str(metrics_path)}
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """Batches of a dataset by explicit index lists (one item = one collated batch)."""
+
+    def __init__(self, dataset: Dataset, batches: list):
+        self.dataset, self.batches = dataset, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        return _collate([self.dataset[int(j)] for j in self.batches[i]])
+
+
+def plot_loss_curve(metrics_path: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    keys = [k for k in rows[0] if k not in ("step", "epoch", "lr", "seconds")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in rows]
+    for k in keys:
+        vals = [r.get(k, math.nan) for r in rows]
+        ax.plot(steps, vals, label=k, lw=1.5 if k == "total" else 1.0)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)

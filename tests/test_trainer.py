@@ -1,0 +1,130 @@
+"""The trainer: exact resume after a kill, checkpoints, NaN stop, architecture check, torchrun DDP."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.errors import HamucoError
+from model.trainer import CHECKPOINT_LAST, NonFiniteLoss, TrainConfig, Trainer, load_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Toy(torch.utils.data.Dataset):
+    """Noisy linear regression samples; augmentation noise depends on (epoch, index)."""
+
+    def __init__(self, n=24):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x @ torch.randn(8, 2, generator=g)
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(1000 * self.epoch + i)
+        return {"x": self.x[i] + 0.01 * torch.randn(8, generator=g), "y": self.y[i]}
+
+
+def toy_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(16, 2))
+
+
+def objective(model, batch, step):
+    loss = (model(batch["x"]) - batch["y"]).abs().mean()
+    return {"total": loss, "l1": loss}
+
+
+def run(out, steps, resume=True, until=None, **kw):
+    cfg = TrainConfig(steps=steps, batch_size=4, lr=1e-2, checkpoint_every=3, progress=False, **kw)
+    t = Trainer(toy_model(), Toy(), objective, cfg, out, architecture={"model": "toy", "hidden": 16})
+    return t, t.train(resume=resume, until=until)
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    straight, _ = run(tmp_path / "a", 14)
+    # 7 of 14 steps, then a "kill" (no final checkpoint): a fresh trainer resumes from the
+    # last checkpoint (step 6, one epoch = 6 steps: epoch end and periodic) and replays step 7
+    run(tmp_path / "b", 14, until=7)
+    ckpt = load_checkpoint(tmp_path / "b" / CHECKPOINT_LAST)
+    assert ckpt["state"]["step"] == 6 and ckpt["state"]["epoch"] == 1 and ckpt["state"]["position"] == 0
+    resumed, summary = run(tmp_path / "b", 14)
+    assert summary["steps"] == 14
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 15))
+    assert (tmp_path / "b" / "loss_curve.png").stat().st_size > 1000
+
+
+def test_resume_mid_epoch_from_a_periodic_checkpoint(tmp_path):
+    straight, _ = run(tmp_path / "a", 10)
+    run(tmp_path / "b", 10, until=5)  # killed at step 5: the last checkpoint is step 3, mid-epoch
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT_LAST)["state"]["position"] == 12
+    resumed, _ = run(tmp_path / "b", 10)
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(),
+                                                  resumed.model.state_dict().values()))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    run(tmp_path, 3)
+    good = (tmp_path / CHECKPOINT_LAST).read_bytes()
+
+    def nan_after_4(model, batch, step):
+        out = objective(model, batch, step)
+        if step >= 4:
+            out["total"] = out["total"] * float("nan")
+        return out
+
+    cfg = TrainConfig(steps=8, batch_size=4, checkpoint_every=100, progress=False)
+    t = Trainer(toy_model(), Toy(), nan_after_4, cfg, tmp_path, architecture={"model": "toy", "hidden": 16})
+    with pytest.raises(NonFiniteLoss, match="at step 4.*last good checkpoint"):
+        t.train()
+    assert (tmp_path / CHECKPOINT_LAST).read_bytes() == good  # untouched (it held step 3; steps 4.. not saved)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    run(tmp_path, 3)
+    cfg = TrainConfig(steps=5, batch_size=4, progress=False)
+    t = Trainer(toy_model(), Toy(), objective, cfg, tmp_path, architecture={"model": "toy", "hidden": 32})
+    with pytest.raises(HamucoError, match="another architecture: hidden: checkpoint 16, model 32"):
+        t.train()
+
+
+DDP_SCRIPT = r"""
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[2])
+from tests.test_trainer import Toy, toy_model, objective
+from model.trainer import TrainConfig, Trainer
+dist.init_process_group("gloo")
+cfg = TrainConfig(steps=6, batch_size=2, lr=1e-2, checkpoint_every=3, progress=False)
+t = Trainer(toy_model(), Toy(), objective, cfg, sys.argv[1], architecture={"model": "toy"})
+t.train()
+flat = torch.cat([p.detach().flatten() for p in t.model.parameters()])
+torch.save(flat, f"{sys.argv[1]}/rank{dist.get_rank()}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_two_process_ddp_ranks_agree(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--standalone", "--nnodes=1", "--nproc-per-node=2", str(script),
+                           str(tmp_path), str(REPO)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(r0, r1)  # DDP kept both ranks identical
+    assert (tmp_path / CHECKPOINT_LAST).is_file()
+    init = torch.cat([p.detach().flatten() for p in toy_model().parameters()])
+    assert not torch.equal(r0, init)  # and they did train
