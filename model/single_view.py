@@ -1,0 +1,162 @@
+"""The single-view network of HaMuCo (supplementary Fig. B): backbone → GAP → MLP heads → MANO.
+
+Coordinate conventions (shared with the cross-view network):
+
+* 3D joints and vertices are root-relative at OpenPose joint 9 (middle MCP, ``ROOT_JOINT``)
+  and normalised by ``bbox_3d_size / 2`` with ``bbox_3d_size = 0.4`` m, so ±1 ≈ ±0.2 m.
+* Camera ``cam = (s, tx, ty)``: ``s = ReLU(raw) ≥ 0``. Weak-perspective projection in
+  normalised crop coordinates: ``uv = s · xy + t`` where ``uv ∈ [-1, 1]`` spans the crop
+  (-1 = left/top edge, +1 = right/bottom edge).
+* Crop pixels: ``uv_px = (uv + 1) · W / 2`` (x with the crop width, y with the crop height),
+  i.e. ``uv = uv_px / (W / 2) − 1``; see :func:`normalized_to_pixels`.
+* For feature sampling (``grid_sample`` with ``align_corners=True``) ±1 is the centre of the
+  first/last feature-map cell; the half-cell difference to the pixel convention is the one of the
+  paper's official code and is learned away.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .backbone import Backbone
+from .hand_model import ROOT_JOINT, HandModel
+from .rotations import matrix_to_axis_angle, rot6d_to_matrix
+
+BBOX_3D_SIZE = 0.4  # metres; 3D coordinates are divided by BBOX_3D_SIZE / 2
+NUM_POSE_JOINTS = 16
+NUM_BETAS = 10
+NUM_CAM = 3
+INIT_SCALE = 0.7  # initial weak-perspective scale: a ±0.14 m hand spans most of the crop
+IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # first two columns of the identity
+
+
+class MLP(nn.Sequential):
+    """HaMuCo's MLP: Linear(C, hidden) → LeakyReLU(0.1) → Linear(hidden, out); hidden = C by default."""
+
+    def __init__(self, in_features: int, out_features: int, hidden: int | None = None) -> None:
+        hidden = in_features if hidden is None else hidden
+        super().__init__(nn.Linear(in_features, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, out_features))
+
+    @property
+    def last(self) -> nn.Linear:
+        return self[-1]
+
+
+def init_pose_head(head: MLP, num_joints: int = NUM_POSE_JOINTS, std: float = 1e-3) -> None:
+    """Small last-layer weights and identity-rotation biases: the initial pose is near identity."""
+    nn.init.normal_(head.last.weight, std=std)
+    with torch.no_grad():
+        head.last.bias.copy_(torch.tensor(IDENTITY_6D).repeat(num_joints))
+
+
+def init_cam_head(head: MLP, scale: float = INIT_SCALE, std: float = 1e-3) -> None:
+    """Small last-layer weights; bias (scale, 0, 0) so the initial scale is positive and centred."""
+    nn.init.normal_(head.last.weight, std=std)
+    with torch.no_grad():
+        head.last.bias.copy_(torch.tensor([scale, 0.0, 0.0]))
+
+
+def init_shape_head(head: MLP, std: float = 1e-3) -> None:
+    nn.init.normal_(head.last.weight, std=std)
+    nn.init.zeros_(head.last.bias)
+
+
+def camera_from_raw(raw: torch.Tensor) -> torch.Tensor:
+    """Raw head output (..., 3) → (s, tx, ty) with s = ReLU(raw_s) ≥ 0."""
+    return torch.cat([torch.relu(raw[..., :1]), raw[..., 1:]], dim=-1)
+
+
+def weak_perspective(points: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
+    """Normalised 3D points (N, J, 3) and cam (N, 3) = (s, tx, ty) → uv (N, J, 2) in [-1, 1] crop units."""
+    return cam[:, None, :1] * points[..., :2] + cam[:, None, 1:]
+
+
+def normalized_to_pixels(uv: torch.Tensor, crop_size: int | Sequence[int]) -> torch.Tensor:
+    """uv in [-1, 1] → crop pixels: (uv + 1) · size / 2 (size = (W, H) or one int for square crops)."""
+    size = torch.as_tensor(crop_size if not isinstance(crop_size, int) else (crop_size, crop_size),
+                           dtype=uv.dtype, device=uv.device)
+    return (uv + 1) * size / 2
+
+
+def pixels_to_normalized(uv_px: torch.Tensor, crop_size: int | Sequence[int]) -> torch.Tensor:
+    """Crop pixels → [-1, 1]: uv_px / (size / 2) − 1 (inverse of :func:`normalized_to_pixels`)."""
+    size = torch.as_tensor(crop_size if not isinstance(crop_size, int) else (crop_size, crop_size),
+                           dtype=uv_px.dtype, device=uv_px.device)
+    return uv_px / (size / 2) - 1
+
+
+@dataclass
+class MeshOutput:
+    """A decoded hand: MANO parameters, mesh and joints in the normalised conventions above."""
+
+    pose6d: torch.Tensor  # (N, 16, 6), global rotation first
+    rotmats: torch.Tensor  # (N, 16, 3, 3)
+    betas: torch.Tensor  # (N, 10)
+    cam: torch.Tensor  # (N, 3) = (s, tx, ty), s ≥ 0
+    vertices: torch.Tensor  # (N, V, 3) root-relative, normalised
+    joints: torch.Tensor  # (N, 21, 3) OpenPose order, root-relative, normalised
+    joints_2d: torch.Tensor  # (N, 21, 2) weak-perspective projection in [-1, 1] crop units
+
+    @property
+    def pose_axis_angle(self) -> torch.Tensor:
+        """(N, 48): the 16 rotations in axis-angle form, as Table A's θ."""
+        return matrix_to_axis_angle(self.rotmats).flatten(-2)
+
+    def joints_2d_pixels(self, crop_size: int | Sequence[int]) -> torch.Tensor:
+        return normalized_to_pixels(self.joints_2d, crop_size)
+
+    def joints_metres(self) -> torch.Tensor:
+        """Root-relative joints in metres."""
+        return self.joints * (BBOX_3D_SIZE / 2)
+
+
+@dataclass
+class SingleViewOutput(MeshOutput):
+    gap: torch.Tensor = None  # (N, C4) globally pooled H4
+    features: tuple[torch.Tensor, ...] = ()  # H1..H4
+
+
+def decode_mesh(hand_model: HandModel, pose6d: torch.Tensor, betas: torch.Tensor,
+                cam: torch.Tensor) -> dict[str, torch.Tensor]:
+    """6D pose (N, 16, 6), β (N, 10), cam (N, 3) → the fields of :class:`MeshOutput`."""
+    rotmats = rot6d_to_matrix(pose6d)
+    hand = hand_model.forward_rotmat(rotmats, betas)
+    root = hand.joints[:, ROOT_JOINT:ROOT_JOINT + 1]
+    scale = 2.0 / BBOX_3D_SIZE
+    joints = (hand.joints - root) * scale
+    vertices = (hand.vertices - root) * scale
+    return dict(pose6d=pose6d, rotmats=rotmats, betas=betas, cam=cam, vertices=vertices, joints=joints,
+                joints_2d=weak_perspective(joints, cam))
+
+
+class SingleViewNet(nn.Module):
+    """Backbone → GAP(H4) → one MLP per output (θ 16×6, β 10, camera 3) → hand model."""
+
+    def __init__(self, backbone: Backbone, hand_model: HandModel) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.hand_model = hand_model
+        c = backbone.channels[-1]
+        self.pose_head = MLP(c, NUM_POSE_JOINTS * 6)
+        self.shape_head = MLP(c, NUM_BETAS)
+        self.cam_head = MLP(c, NUM_CAM)
+        init_pose_head(self.pose_head)
+        init_shape_head(self.shape_head)
+        init_cam_head(self.cam_head)
+
+    def forward(self, images: torch.Tensor) -> SingleViewOutput:
+        """Crops (N, 3, H, W), ImageNet-normalised → :class:`SingleViewOutput`."""
+        features = self.backbone(images)
+        gap = features[-1].mean(dim=(2, 3))
+        return self.decode(gap, features)
+
+    def decode(self, gap: torch.Tensor, features: tuple[torch.Tensor, ...] = ()) -> SingleViewOutput:
+        n = gap.shape[0]
+        pose6d = self.pose_head(gap).view(n, NUM_POSE_JOINTS, 6)
+        betas = self.shape_head(gap)
+        cam = camera_from_raw(self.cam_head(gap))
+        return SingleViewOutput(**decode_mesh(self.hand_model, pose6d, betas, cam), gap=gap,
+                                features=tuple(features))
