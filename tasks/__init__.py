@@ -1,3 +1,4 @@
 """Luigi tasks (``python -m luigi --module tasks ...``) and the ``hamuco`` command line."""
 from .prepare import (CaptureReport, Demo, DetectHands, LabelShard, OpenPoseLabeler, PrepareDataset,  # noqa: F401
                       SyntheticCapture, ValidateCapture)
+from .train import DatasetIndex, TrainModel  # noqa: F401,E402

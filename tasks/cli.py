@@ -135,6 +135,29 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from pipeline.dataset import load_index
+    from tasks.train import TrainModel
+
+    load_index(args.dataset)  # a clear error before any task starts
+    params = {"dataset": args.dataset, "out": args.out}
+    for name in ("backbone", "steps", "backbone_weights", "batch_size", "hand_model"):
+        value = getattr(args, name)
+        if value is not None:
+            params[name] = value
+    task = TrainModel(**params)
+    if not args.resume and task.run_dir.exists() and not Path(task.output().path).exists():
+        import shutil
+
+        shutil.rmtree(task.run_dir)  # start over instead of resuming the interrupted run
+    if not _run_luigi([task], workers=1):
+        return EXIT_INVALID
+    run = task.run_dir
+    print(f"checkpoint: {task.output().path}")
+    print(f"metrics: {run / 'metrics.jsonl'}  loss curve: {run / 'loss_curve.png'}")
+    return 0
+
+
 def _shards_inspect(args: argparse.Namespace) -> int:
     from pipeline.shards import inspect_shard
 
@@ -157,7 +180,13 @@ def _demo(args: argparse.Namespace) -> int:
     print(format_summary(summarize(load_capture(capture_dir))))
     print("validation:")
     print("  " + validate_capture(capture_dir).format(limit=20).replace("\n", "\n  "))
-    _print_dataset(json.loads(Path(task.output().path).read_text())["dataset_index"])
+    result = json.loads(Path(task.output().path).read_text())
+    _print_dataset(result["dataset_index"])
+    run = Path(result["checkpoint"]).parent
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    print(f"training: {len(rows)} steps, checkpoint {result['checkpoint']}, loss curve {run / 'loss_curve.png'}")
+    for key in ("total", "joint_2d/single", "joint_2d/interaction", "consistency"):
+        print(f"  {key:<22} first {rows[0][key]:.4f}  last {rows[-1][key]:.4f}")
     return 0
 
 
@@ -221,6 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="central luigid host (default: a local scheduler in this process)")
     p.add_argument("--scheduler-port", type=int, default=8082)
     p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("train", help="train HaMuCo on prepared shards (self-supervised)",
+                       description="Run the TrainModel task: HaMuCo on the train split of a dataset index, "
+                       "with checkpoints, metrics (JSON lines) and a loss-curve PNG. An interrupted run is "
+                       "resumed exactly with --resume.")
+    p.add_argument("--dataset", required=True, help="dataset index from 'hamuco prepare'")
+    p.add_argument("--out", required=True, help="root directory of training runs")
+    p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50"), default=None)
+    p.add_argument("--backbone-weights", default=None, help="imagenet, none (default) or a file path")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="view groups per step")
+    p.add_argument("--hand-model", default=None, help="converted MANO .npz (default: procedural hand)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("shards", help="work with HDF5 shards")
     shards_sub = p.add_subparsers(dest="shards_command", required=True, metavar="SUBCOMMAND")

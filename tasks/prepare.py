@@ -274,10 +274,12 @@ class PrepareDataset(_DetectParams, _LabelParams):
 
 
 class Demo(luigi.Task):
-    """The main job on the embedded synthetic capture: generate, then prepare it."""
+    """The main job on the embedded synthetic capture: generate, prepare, train briefly."""
 
     out = luigi.Parameter(default="demo_output")
     frames_per_shard = luigi.IntParameter(default=3)
+    train_steps = luigi.IntParameter(default=20)
+    backbone = luigi.Parameter(default="resnet18")
 
     def requires(self):
         return SyntheticCapture(dest=os.path.join(self.out, "capture"))
@@ -286,6 +288,11 @@ class Demo(luigi.Task):
         return luigi.LocalTarget(os.path.join(self.out, "demo.json"))
 
     def run(self):
+        from .train import TrainModel
+
         dataset = yield PrepareDataset(captures=[os.path.join(self.out, "capture")],
                                        out=os.path.join(self.out, "prepared"), frames_per_shard=self.frames_per_shard)
-        write_json(Path(self.output().path), {"dataset_index": dataset.path})
+        checkpoint = yield TrainModel(dataset=dataset.path, out=os.path.join(self.out, "training"),
+                                      backbone=self.backbone, steps=self.train_steps, batch_size=1,
+                                      checkpoint_every=10)
+        write_json(Path(self.output().path), {"dataset_index": dataset.path, "checkpoint": checkpoint.path})

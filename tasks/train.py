@@ -1,0 +1,81 @@
+"""Luigi task of training: the work is model.trainer.Trainer over pipeline.dataset.ShardDataset.
+
+    python -m luigi --module tasks TrainModel --dataset prepared/dataset-XXXX.json --out runs \\
+        --backbone resnet50 --steps 1000 --local-scheduler
+
+Parameters can be set in luigi.cfg section [TrainModel]. The output directory carries a hash of
+the parameters and of the dataset index; a killed run started again resumes from its last
+checkpoint exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import luigi
+
+from model.hamuco import HaMuCo
+from model.losses import LossWeights
+from model.objective import HaMuCoObjective
+from model.trainer import CHECKPOINT_FINAL, TrainConfig, Trainer
+from pipeline.dataset import Augmentation, ShardDataset, load_index
+from pipeline.prepare import version_hash
+from pipeline.provenance import code_version
+
+
+class DatasetIndex(luigi.ExternalTask):
+    """A dataset index written by PrepareDataset (hamuco prepare)."""
+
+    path = luigi.Parameter()
+
+    def output(self):
+        return luigi.LocalTarget(self.path)
+
+
+class TrainModel(luigi.Task):
+    dataset = luigi.Parameter(description="dataset index (JSON) from PrepareDataset")
+    out = luigi.Parameter(description="root directory of training runs")
+    backbone = luigi.ChoiceParameter(choices=["resnet18", "resnet34", "resnet50"], default="resnet50")
+    backbone_weights = luigi.Parameter(default="none", description="imagenet, none, or a file path")
+    hand_model = luigi.OptionalParameter(default=None, description="converted MANO .npz (default: procedural)")
+    steps = luigi.IntParameter(default=1000)
+    batch_size = luigi.IntParameter(default=8, description="view groups per step (official: 8 groups x 8 views)")
+    lr = luigi.FloatParameter(default=3e-4)
+    weight_decay = luigi.FloatParameter(default=1e-2)
+    checkpoint_every = luigi.IntParameter(default=100)
+    seed = luigi.IntParameter(default=0)
+    num_workers = luigi.IntParameter(default=0)
+    confidence = luigi.ChoiceParameter(choices=["refined", "raw"], default="refined")
+    use_extrinsics = luigi.BoolParameter(default=False)
+    alpha = luigi.FloatParameter(default=0.01, description="pose prior weight (seed B.4)")
+    gamma = luigi.FloatParameter(default=100.0, description="shape prior weight (seed B.4)")
+
+    def requires(self):
+        return DatasetIndex(path=self.dataset)
+
+    @property
+    def run_dir(self) -> Path:
+        digest = hashlib.sha256(Path(self.dataset).read_bytes()).hexdigest() if Path(self.dataset).exists() else ""
+        params = {k: v for k, v in self.to_str_params().items() if k not in ("out", "num_workers")}
+        return Path(self.out) / f"train-{self.backbone}-{version_hash(params, digest)}"
+
+    def output(self):
+        return luigi.LocalTarget(str(self.run_dir / CHECKPOINT_FINAL))
+
+    def run(self):
+        index = load_index(self.dataset)
+        data = ShardDataset(self.dataset, split="train", confidence=self.confidence, augmentation=Augmentation(),
+                            seed=self.seed)
+        size = int(index["crop_size"])
+        model = HaMuCo(backbone_name=self.backbone, backbone_weights=self.backbone_weights,
+                       hand_model=self.hand_model, image_size=size)
+        architecture = {"model": "HaMuCo", "backbone": self.backbone, "image_size": size,
+                        "hand_model": model.hand_model.sha256}
+        provenance = {"code_version": code_version(), "dataset": os.path.abspath(self.dataset),
+                      "dataset_sha256": hashlib.sha256(Path(self.dataset).read_bytes()).hexdigest(),
+                      "params": self.to_str_params(), "skipped_samples": data.skipped_samples}
+        cfg = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                          checkpoint_every=self.checkpoint_every, seed=self.seed, num_workers=self.num_workers)
+        objective = HaMuCoObjective(LossWeights(alpha=self.alpha, gamma=self.gamma), self.use_extrinsics)
+        Trainer(model, data, objective, cfg, self.run_dir, architecture, provenance).train(resume=True)
