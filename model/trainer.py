@@ -48,6 +48,8 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     grad_clip: Optional[float] = None
+    precision: str = "fp32"  # or "bf16": CPU autocast (bench/train.py: 1.7x faster for ResNet-50, same loss)
+    channels_last: bool = False
     progress: bool = True
 
 
@@ -109,7 +111,11 @@ class Trainer:
         self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = torch.distributed.get_rank() if self.distributed else 0
         self.world = torch.distributed.get_world_size() if self.distributed else 1
+        if config.precision not in ("fp32", "bf16"):
+            raise HamucoError(f"precision must be fp32 or bf16, not {config.precision!r}")
         torch.manual_seed(config.seed)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.ddp = torch.nn.parallel.DistributedDataParallel(model) if self.distributed else model
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
@@ -209,8 +215,9 @@ class Trainer:
             t0 = time.perf_counter()
             self._epoch_end = False
             batch = next(batches)
-            losses = self.objective(self.ddp, batch, self.state.step)
-            total = losses["total"]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                losses = self.objective(self.ddp, batch, self.state.step)
+            total = losses["total"].float()
             if not torch.isfinite(total):
                 raise NonFiniteLoss(
                     f"loss is {float(total)} at step {self.state.step}"

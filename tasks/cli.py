@@ -272,9 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_shards_inspect)
 
     p = sub.add_parser("demo", help="run the main job on the embedded synthetic capture",
-                       description="Generate the embedded 8-camera synthetic capture, validate it, and prepare "
-                       "it (detection, crops, MediaPipe labels, refinement, shards, dataset index). Work "
-                       "already done is not repeated.")
+                       description="Generate the embedded 8-camera synthetic capture, validate it, prepare "
+                       "it (detection, crops, MediaPipe labels, refinement, shards, dataset index) and train "
+                       "HaMuCo briefly on it. Work already done is not repeated.")
     p.add_argument("--out", default="demo_output", help="output directory (default demo_output)")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_demo)

@@ -48,6 +48,8 @@ class TrainModel(luigi.Task):
     num_workers = luigi.IntParameter(default=0)
     confidence = luigi.ChoiceParameter(choices=["refined", "raw"], default="refined")
     use_extrinsics = luigi.BoolParameter(default=False)
+    precision = luigi.ChoiceParameter(choices=["bf16", "fp32"], default="bf16",
+                                      description="bf16 CPU autocast (bench/train.py: same loss, 1.7x faster)")
     alpha = luigi.FloatParameter(default=0.01, description="pose prior weight (seed B.4)")
     gamma = luigi.FloatParameter(default=100.0, description="shape prior weight (seed B.4)")
 
@@ -76,6 +78,7 @@ class TrainModel(luigi.Task):
                       "dataset_sha256": hashlib.sha256(Path(self.dataset).read_bytes()).hexdigest(),
                       "params": self.to_str_params(), "skipped_samples": data.skipped_samples}
         cfg = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                          checkpoint_every=self.checkpoint_every, seed=self.seed, num_workers=self.num_workers)
+                          checkpoint_every=self.checkpoint_every, seed=self.seed, num_workers=self.num_workers,
+                          precision=self.precision, channels_last=True)
         objective = HaMuCoObjective(LossWeights(alpha=self.alpha, gamma=self.gamma), self.use_extrinsics)
         Trainer(model, data, objective, cfg, self.run_dir, architecture, provenance).train(resume=True)

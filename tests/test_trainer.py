@@ -128,3 +128,11 @@ def test_two_process_ddp_ranks_agree(tmp_path):
     assert (tmp_path / CHECKPOINT_LAST).is_file()
     init = torch.cat([p.detach().flatten() for p in toy_model().parameters()])
     assert not torch.equal(r0, init)  # and they did train
+
+
+def test_bf16_resume_is_exact_too(tmp_path):
+    straight, _ = run(tmp_path / "a", 8, precision="bf16")
+    run(tmp_path / "b", 8, until=4, precision="bf16")
+    resumed, _ = run(tmp_path / "b", 8, precision="bf16")
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(),
+                                                  resumed.model.state_dict().values()))
