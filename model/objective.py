@@ -16,26 +16,38 @@ Given a batch (``images`` (B, V, 3, S, S), ``keypoints`` (B, V, 21, 2) crop pixe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
 from .losses import (LossWeights, consistency_loss, distillation_loss, joint_2d_loss, pose_prior, shape_prior,
-                     total_loss)
+                     total_loss, weak_supervision_confidence)
 from .single_view import pixels_to_normalized
 
 
 @dataclass
 class HaMuCoObjective:
+    """``weak_view``: the weakly supervised variant: that view position's labels are replaced by
+    its 2D ground truth (``gt_joints_2d``) with confidence 1 (seed C.4)."""
+
     weights: LossWeights = field(default_factory=LossWeights)
     use_extrinsics: bool = False
+    weak_view: Optional[int] = None
 
     def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> dict:
         images, mask = batch["images"], batch["view_mask"].bool()
         B, V = mask.shape
         out = model(images, mask)
         size = images.shape[-1]
-        labels = pixels_to_normalized(batch["keypoints"], size)
-        conf = batch["confidence"]
+        keypoints, conf = batch["keypoints"], batch["confidence"]
+        if self.weak_view is not None:
+            gt = batch["gt_joints_2d"][:, self.weak_view]
+            known = torch.isfinite(gt).all(-1)  # (B, 21)
+            keypoints = keypoints.clone()
+            keypoints[:, self.weak_view] = torch.where(known[..., None], gt, keypoints[:, self.weak_view])
+            conf = weak_supervision_confidence(conf, self.weak_view)
+            conf[:, self.weak_view] = torch.where(known, conf[:, self.weak_view], torch.zeros_like(conf[:, 0]))
+        labels = pixels_to_normalized(keypoints, size)
         single_uv = out.single.joints_2d.view(B, V, 21, 2)
         fused_uv = out.fused.joints_2d.view(B, V, 21, 2)
         single_3d = out.single.joints.view(B, V, 21, 3)

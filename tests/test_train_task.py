@@ -27,15 +27,18 @@ def dataset(tmp_path_factory):
 
 
 def test_training_lowers_the_2d_losses(dataset, tmp_path):
-    task = TrainModel(dataset=dataset, out=str(tmp_path), backbone="resnet18", steps=60, batch_size=2, lr=1e-3,
-                      checkpoint_every=20)
+    task = TrainModel(dataset=dataset, out=str(tmp_path), backbone="resnet18", steps=300, batch_size=2, lr=1e-3,
+                      checkpoint_every=100)
     assert luigi.build([task], local_scheduler=True, log_level="WARNING")
     rows = [json.loads(x) for x in (task.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 60
-    first = {k: sum(r[k] for r in rows[:5]) / 5 for k in rows[0]}
-    last = {k: sum(r[k] for r in rows[-5:]) / 5 for k in rows[0]}
+    assert len(rows) == 300
+    first = {k: sum(r[k] for r in rows[:20]) / 20 for k in rows[0]}
+    last = {k: sum(r[k] for r in rows[-20:]) / 20 for k in rows[0]}
     for key in ("joint_2d/single", "joint_2d/interaction", "total"):
-        assert last[key] < 0.8 * first[key], (key, first[key], last[key])
+        assert last[key] < 0.75 * first[key], (key, first[key], last[key])
+    # the views start out predicting nearly the same pose (trivially consistent); the consistency
+    # term then keeps the views' 3D predictions in agreement while they learn
+    assert max(r["consistency"] for r in rows) < 0.02
     ckpt = load_checkpoint(Path(task.output().path))
     assert ckpt["provenance"]["code_version"] and ckpt["provenance"]["dataset_sha256"]
     assert ckpt["architecture"]["backbone"] == "resnet18"
@@ -59,3 +62,37 @@ def test_checkpoint_from_another_architecture_is_refused(dataset, tmp_path):
 def test_cli_train_errors(tmp_path, capsys):
     assert main(["train", "--dataset", str(tmp_path / "none.json"), "--out", str(tmp_path)]) == 2
     assert "dataset index not found" in capsys.readouterr().err
+
+
+def test_weak_supervision_and_extrinsics_options(dataset):
+    from model.objective import HaMuCoObjective
+    from pipeline.dataset import ShardDataset
+
+    ds = ShardDataset(dataset)
+    batch = {k: v[None] for k, v in ds[0].items()}
+    torch.manual_seed(0)
+    model = HaMuCo("resnet18", image_size=128).eval()
+    plain = HaMuCoObjective()(model, batch, 0)
+    torch.manual_seed(0)
+    view = int(batch["view_mask"][0].nonzero()[0])
+    weak = HaMuCoObjective(weak_view=view)(model, batch, 0)
+    assert not torch.isclose(plain["joint_2d/single"], weak["joint_2d/single"])  # other labels, confidence 1
+    calibrated = HaMuCoObjective(use_extrinsics=True)(model, batch, 0)
+    assert torch.isfinite(calibrated["consistency"]) and torch.isfinite(calibrated["total"])
+
+
+def test_shards_of_another_schema_version_are_refused(dataset, tmp_path):
+    import shutil
+
+    import h5py
+
+    from pipeline.dataset import ShardDataset
+    from pipeline.shards import ShardError
+
+    index = json.loads(Path(dataset).read_text())
+    copy = tmp_path / "old.h5"
+    shutil.copy(index["split"]["train"][0], copy)
+    with h5py.File(copy, "r+") as f:
+        f.attrs["schema_version"] = 2
+    with pytest.raises(ShardError, match="schema version 2"):
+        ShardDataset([copy])
