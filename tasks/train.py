@@ -52,6 +52,7 @@ class TrainModel(luigi.Task):
                                       description="bf16 CPU autocast (bench/train.py: same loss, 1.7x faster)")
     weak_view = luigi.OptionalIntParameter(default=None, description="weakly supervised: view position whose "
                                            "labels are replaced by 2D ground truth (confidence 1)")
+    consistency_weight = luigi.FloatParameter(default=1.0, description="weight of the multi-view consistency loss")
     alpha = luigi.FloatParameter(default=0.01, description="pose prior weight (seed B.4)")
     gamma = luigi.FloatParameter(default=100.0, description="shape prior weight (seed B.4)")
 
@@ -82,6 +83,7 @@ class TrainModel(luigi.Task):
         cfg = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                           checkpoint_every=self.checkpoint_every, seed=self.seed, num_workers=self.num_workers,
                           precision=self.precision, channels_last=True)
-        objective = HaMuCoObjective(LossWeights(alpha=self.alpha, gamma=self.gamma), self.use_extrinsics,
+        objective = HaMuCoObjective(LossWeights(alpha=self.alpha, gamma=self.gamma,
+                                                consistency=self.consistency_weight), self.use_extrinsics,
                                     self.weak_view)
         Trainer(model, data, objective, cfg, self.run_dir, architecture, provenance).train(resume=True)
