@@ -220,7 +220,7 @@ class Trainer:
             total = losses["total"].float()
             if not torch.isfinite(total):
                 raise NonFiniteLoss(
-                    f"loss is {float(total)} at step {self.state.step}"
+                    f"loss is {float(total.detach())} at step {self.state.step}"
                     + (f"; the last good checkpoint is {last_good}" if last_good.is_file() else
                        "; no checkpoint was written yet"))
             self.optimizer.zero_grad(set_to_none=True)
