@@ -190,8 +190,13 @@ class RefineParams:
 
 def make_labeler(name: str, weights_path: Optional[str] = None, weights_url: Optional[str] = None,
                  weights_sha256: Optional[str] = None, model_dir: Optional[str] = None,
-                 file_name: Optional[str] = None):
-    """The labeler by name: ``mediapipe``, ``openpose`` or ``imported`` (HanCo's published labels)."""
+                 file_name: Optional[str] = None, noise: Optional[dict] = None):
+    """The labeler by name: ``mediapipe``, ``openpose``, ``imported`` (HanCo's published labels)
+    or ``noisy-gt`` (projected ground truth with the ``noise`` settings, for label-noise studies)."""
+    if name == "noisy-gt":
+        from .labelers.noisy_gt import NoisyGroundTruthLabeler
+
+        return NoisyGroundTruthLabeler(**(noise or {}))
     if name == "mediapipe":
         from .labelers.mediapipe import MediaPipeLabeler
 
@@ -203,7 +208,7 @@ def make_labeler(name: str, weights_path: Optional[str] = None, weights_url: Opt
                                sha256=weights_sha256, model_dir=model_dir, file_name=file_name or DEFAULT_FILE_NAME)
     if name == "imported":
         return None
-    raise HamucoError(f"unknown labeler {name!r}: choose mediapipe, openpose or imported")
+    raise HamucoError(f"unknown labeler {name!r}: choose mediapipe, openpose, imported or noisy-gt")
 
 
 def _imported_labels(capture: Capture, fi: int, ci: int, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -266,6 +271,11 @@ def label_frames(capture: Capture, frames: Sequence[int], detections: list[list[
             if labeler is None:
                 for ci in idx:
                     kp[ci], conf[ci] = _imported_labels(capture, fi, ci, affines[ci])
+            elif getattr(labeler, "name", "") == "noisy-gt":
+                if gt is None or gt.joints_2d is None:
+                    raise HamucoError(f"{capture.root}: the noisy-gt labeler needs a capture with 2D ground truth")
+                gt_crop = np.stack([apply_affine(gt.joints_2d[fi, ci], affines[ci]) for ci in idx])
+                kp[idx], conf[idx] = labeler.label_views(gt_crop, crop_size, fi)
             elif getattr(labeler, "name", "") == "mediapipe":
                 hints = [(apply_affine(views[ci].landmarks, affines[ci]), views[ci].score)
                          if views[ci].status == DETECTED else None for ci in idx]

@@ -128,6 +128,9 @@ def _prepare(args: argparse.Namespace) -> int:
     params = {"captures": list(args.captures), "out": args.out, "labeler": args.labeler}
     if args.frames_per_shard:
         params["frames_per_shard"] = args.frames_per_shard
+    for name in ("noise_sigma_px", "noise_outlier_rate", "noise_confidence"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
     task = PrepareDataset(**params)
     if not _run_luigi([task], args.workers, args.scheduler_host, args.scheduler_port):
         return EXIT_INVALID
@@ -241,7 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("captures", nargs="+", metavar="CAPTURE",
                    help="capture directory, or hanco:<root>#<sequence> for a HanCo sequence")
     p.add_argument("--out", required=True, help="output root directory")
-    p.add_argument("--labeler", choices=("mediapipe", "openpose", "imported"), default="mediapipe")
+    p.add_argument("--labeler", choices=("mediapipe", "openpose", "imported", "noisy-gt"), default="mediapipe",
+                   help="noisy-gt: projected ground truth plus the --noise-* settings (label-noise studies)")
+    p.add_argument("--noise-sigma-px", type=float, default=None, help="noisy-gt: Gaussian noise in pixels")
+    p.add_argument("--noise-outlier-rate", type=float, default=None, help="noisy-gt: fraction of gross outliers")
+    p.add_argument("--noise-confidence", choices=("informative", "uninformative"), default=None,
+                   help="noisy-gt: whether confidence reflects the error")
     p.add_argument("--frames-per-shard", type=int, default=None, help="frames per shard (default from luigi.cfg)")
     p.add_argument("--weights", default=None, metavar="PTH",
                    help="OpenPose hand_pose_model.pth on disk (else weights_url / the cache, see luigi.cfg)")

@@ -102,9 +102,18 @@ class OpenPoseLabeler(luigi.Config):
 
 
 class _LabelParams(luigi.Task):
-    labeler = luigi.ChoiceParameter(choices=["mediapipe", "openpose", "imported"], default="mediapipe")
+    labeler = luigi.ChoiceParameter(choices=["mediapipe", "openpose", "imported", "noisy-gt"], default="mediapipe")
     crop_size = luigi.IntParameter(default=256)
     refine_threshold_px = luigi.FloatParameter(default=15.0)
+    noise_sigma_px = luigi.FloatParameter(default=0.0, description="noisy-gt labeler: Gaussian noise, pixels")
+    noise_outlier_rate = luigi.FloatParameter(default=0.0, description="noisy-gt labeler: fraction of outliers")
+    noise_confidence = luigi.ChoiceParameter(choices=["informative", "uninformative"], default="informative",
+                                             description="noisy-gt labeler: does confidence reflect the error")
+
+    @property
+    def noise(self) -> dict:
+        return {"sigma_px": self.noise_sigma_px, "outlier_rate": self.noise_outlier_rate,
+                "confidence": self.noise_confidence}
 
     @property
     def weights(self) -> OpenPoseLabeler:
@@ -119,7 +128,8 @@ class _LabelParams(luigi.Task):
         if self.labeler != "openpose":
             import mediapipe
 
-            return f"mediapipe-{mediapipe.__version__}" if self.labeler == "mediapipe" else "hanco-published"
+            return {"mediapipe": f"mediapipe-{mediapipe.__version__}", "imported": "hanco-published"}.get(
+                self.labeler, "ground-truth")
         w = self.weights
         if w.weights_sha256:
             return w.weights_sha256
@@ -135,8 +145,9 @@ class _LabelParams(luigi.Task):
 
     @property
     def label_version(self) -> str:
+        noise = self.noise if self.labeler == "noisy-gt" else None
         return version_hash("label", self.labeler, self.weights_identity(), self.crop_size,
-                            self.refine_params.__dict__)
+                            self.refine_params.__dict__, *([noise] if noise else []))
 
 
 class ValidateCapture(_CaptureTask):
@@ -194,7 +205,7 @@ class LabelShard(_CaptureTask, _DetectParams, _LabelParams):
         frames, dets = doc["frames"], detections_from_json(doc)
         w = self.weights
         labeler = make_labeler(self.labeler, w.weights_path, w.weights_url, w.weights_sha256, w.weights_dir,
-                               w.weights_file_name)
+                               w.weights_file_name, noise=self.noise)
         try:
             params = getattr(labeler, "params", {"source": "rgb_2D_keypoints"})
             sha = getattr(labeler, "weights_sha256", "hanco-published")
