@@ -83,7 +83,7 @@ class HandPoseSpace:
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """Independent plausible poses (n, 20): a shared grasp plus per-finger variation."""
-        lo, hi = JOINT_LIMITS[:, 0], JOINT_LIMITS[:, 1]
+        lo = JOINT_LIMITS[:, 0]
         grasp = rng.uniform(0, 1, (n, 1)) ** 1.6  # open hands are common, fists less so
         curl = np.clip(grasp + rng.normal(0, 0.22, (n, 5)), 0, 1)
         spread = rng.uniform(-1, 1, (n, 1)) * (1 - grasp)

@@ -41,7 +41,6 @@ every MPJPE variant is ``mean_j e_nj`` per sample:
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -137,7 +137,6 @@ def select_consistent(capture: Capture, frame_index: int, candidates: list[list[
 
     P = projection_matrices(np.stack([c.K for c in capture.cameras]), np.stack([c.R for c in capture.cameras]),
                             np.stack([c.t for c in capture.cameras]))
-    V = len(views)
     uv = np.stack([v.landmarks for v in views])  # (V, 21, 2), NaN where invalid
     conf = np.array([v.score if v.status == DETECTED else 0.0 for v in views])[:, None].repeat(21, 1)
     sizes = np.array([v.box[2] - v.box[0] if v.status == DETECTED else np.nan for v in views])
@@ -153,9 +152,9 @@ def select_consistent(capture: Capture, frame_index: int, candidates: list[list[
             err = np.nanmedian(reprojection_errors(P[i:i + 1], X, hand.landmarks[None])[0])
             if err < best_err:
                 best, best_err = hand, err
-        size = (square_box(best.landmarks, margin)[2] - square_box(best.landmarks, margin)[0]) if best else 0
-        if best is not None and best_err <= consistency_px * size:
-            views[i] = ViewDetection(fid, v.camera, DETECTED, box=square_box(best.landmarks, margin),
+        box = square_box(best.landmarks, margin) if best is not None else None
+        if best is not None and best_err <= consistency_px * (box[2] - box[0]):
+            views[i] = ViewDetection(fid, v.camera, DETECTED, box=box,
                                      landmarks=best.landmarks, handedness=best.handedness, score=best.score,
                                      flipped=flip, candidates=len(hands))
         elif best is not None:

@@ -23,7 +23,7 @@ from model.errors import HamucoError
 
 from .capture import Capture, CaptureError, atomic_write_bytes, load_capture
 from .crop import DEFAULT_CROP_SIZE, DEFAULT_MARGIN, apply_affine, crop_affine, crop_intrinsics, invert_affine, \
-    square_box, warp_crop
+    warp_crop
 from .detect import DETECTED, INVALID, RECOVERED, MediaPipeHands, ViewDetection, detect_frame
 from .provenance import code_version
 

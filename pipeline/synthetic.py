@@ -28,7 +28,7 @@ from model.hand_model import MIRROR, ROOT_JOINT, HandModel, mirror_axis_angle
 from model.hand_pose import HandPoseSpace
 from model.procedural_hand import MeshBuilder
 
-from .capture import CAPTURE_FORMAT, GROUND_TRUTH_FILE, Camera, Capture, GroundTruth, write_capture_json
+from .capture import GROUND_TRUTH_FILE, Camera, Capture, GroundTruth, write_capture_json
 from .provenance import code_version
 from .render import (LABEL_FOREARM, LABEL_HAND, LABEL_OCCLUDER, Lighting, rasterize, shade,
                      textured_background, vertex_normals)
@@ -223,7 +223,6 @@ def build_scene(cfg: SynthConfig) -> Scene:
 
     skin = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.93, 1.07, 3)
     sleeve_col = rng.uniform(0.1, 0.9, 3)
-    V = hand.num_vertices
     hand_albedo = _skin_albedo(hand, betas, skin, space.volar if cfg.handedness == "right" else space.volar * MIRROR,
                                rng)
     fore_albedo = np.where(sleeve[:, None], sleeve_col[None], skin[None])

@@ -59,9 +59,13 @@ class TrainModel(luigi.Task):
     def requires(self):
         return DatasetIndex(path=self.dataset)
 
+    def dataset_sha256(self) -> str:
+        path = Path(self.dataset)
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
     @property
     def run_dir(self) -> Path:
-        digest = hashlib.sha256(Path(self.dataset).read_bytes()).hexdigest() if Path(self.dataset).exists() else ""
+        digest = self.dataset_sha256()
         params = {k: v for k, v in self.to_str_params().items() if k not in ("out", "num_workers")}
         return Path(self.out) / f"train-{self.backbone}-{version_hash(params, digest)}"
 
@@ -78,7 +82,7 @@ class TrainModel(luigi.Task):
         architecture = {"model": "HaMuCo", "backbone": self.backbone, "image_size": size,
                         "hand_model": model.hand_model.sha256}
         provenance = {"code_version": code_version(), "dataset": os.path.abspath(self.dataset),
-                      "dataset_sha256": hashlib.sha256(Path(self.dataset).read_bytes()).hexdigest(),
+                      "dataset_sha256": self.dataset_sha256(),
                       "params": self.to_str_params(), "skipped_samples": data.skipped_samples}
         cfg = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                           checkpoint_every=self.checkpoint_every, seed=self.seed, num_workers=self.num_workers,

@@ -10,7 +10,7 @@ import torch
 
 from model.errors import HamucoError
 from pipeline.dataset import Augmentation, ShardDataset
-from pipeline.shards import ShardReader, ShardSample, ShardWriter
+from pipeline.shards import ShardReader, ShardWriter
 from pipeline.synthetic import DEMO_CONFIG, generate_capture
 from tasks.prepare import PrepareDataset
 

@@ -20,7 +20,7 @@ from pipeline.crop import apply_affine
 from pipeline.shards import ShardReader, verify_shard
 from pipeline.synthetic import DEMO_CONFIG, generate_capture
 from tasks.cli import main
-from tasks.prepare import CaptureReport, LabelShard, OpenPoseLabeler, PrepareDataset
+from tasks.prepare import LabelShard, OpenPoseLabeler, PrepareDataset
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = replace(DEMO_CONFIG, cameras=4, frames=4, seed=11)
