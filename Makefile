@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo_output
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench science chromium clean
 
 $(BIN)/hamuco: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,24 @@ venv: $(BIN)/hamuco
 demo: venv
 	$(BIN)/hamuco demo --out $(DEMO)
 
-test: venv
+# The report test opens the HTML report in headless Chromium (Debian's chromium + chromium-driver).
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver for the report test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends chromium chromium-driver >/dev/null; }
+
+test: venv chromium
 	$(BIN)/python -m pytest -q
 
 bench: venv
 	$(BIN)/python bench/synth.py
+
+# Train on larger synthetic captures with pipeline pseudo labels only; writes RESULTS.md and
+# results/science.json (about an hour on 2 cores).
+science: venv
+	$(BIN)/python bench/science.py --out science_output --results results
 
 clean:
 	rm -rf $(DEMO) build *.egg-info

@@ -15,6 +15,7 @@ Per item (V views, S×S crops)::
     gt_joints_world   float32 (21, 3)       NaN when the shard has no ground truth
     gt_joints_2d      float32 (V, 21, 2)    crop pixels, NaN when unknown
     view_order        int64   (V,)          which stored view each position holds
+    flipped           bool    (V,)          the crop is mirrored (a left hand shown as a right one)
 
 Documented skips: a sample whose views are all invalid is left out of the dataset (counted in
 ``skipped_samples``); a non-finite pseudo label gets confidence 0 (counted in ``nan_labels``).
@@ -156,6 +157,7 @@ class ShardDataset(Dataset):
             "gt_joints_world": torch.from_numpy(np.asarray(gt_world, np.float32)),
             "gt_joints_2d": torch.from_numpy(np.asarray(gt2d, np.float32)[order].copy()),
             "view_order": torch.from_numpy(order.astype(np.int64)),
+            "flipped": torch.from_numpy(np.asarray(s.flipped, bool)[order].copy()),
         }
 
 

@@ -223,6 +223,33 @@ def _imported_labels(capture: Capture, fi: int, ci: int, affine: np.ndarray) -> 
     return apply_affine(kp, affine).astype(np.float32), np.where(missing, 0.0, conf).astype(np.float32)
 
 
+def crop_views(capture: Capture, fi: int, views: list[ViewDetection], crop_size: int = DEFAULT_CROP_SIZE):
+    """The hand crops of one frame: (BGR crops (V, S, S, 3), affines (V, 2, 3) image → crop, NaN for
+    invalid views, valid (V,) bool, quarantine entries for skipped and recovered views)."""
+    V = capture.num_views
+    crops = np.zeros((V, crop_size, crop_size, 3), np.uint8)
+    affines = np.zeros((V, 2, 3))
+    valid = np.array([v.status != INVALID for v in views])
+    quarantine = []
+    for ci, v in enumerate(views):
+        if v.status == INVALID:
+            quarantine.append(_entry(v, "skipped", v.reason))
+            affines[ci] = np.nan
+            continue
+        affines[ci] = crop_affine(v.box, crop_size, flip=v.flipped)
+        try:
+            image = capture.read_image(ci, fi)
+        except CaptureError as exc:
+            valid[ci] = False
+            affines[ci] = np.nan
+            quarantine.append(_entry(v, "skipped", f"unusable image: {exc}"))
+            continue
+        crops[ci] = warp_crop(image, affines[ci], crop_size)
+        if v.status == RECOVERED:
+            quarantine.append(_entry(v, "recovered", v.reason))
+    return crops, affines, valid, quarantine
+
+
 def label_frames(capture: Capture, frames: Sequence[int], detections: list[list[ViewDetection]], labeler,
                  crop_size: int = DEFAULT_CROP_SIZE, refine: RefineParams = RefineParams(),
                  progress: bool = True):
@@ -244,26 +271,7 @@ def label_frames(capture: Capture, frames: Sequence[int], detections: list[list[
     for fi, views in tqdm(list(zip(frames, detections)), desc=f"label {capture.name}", unit="frame",
                           disable=not progress):
         fid = capture.frame_ids[fi]
-        crops = np.zeros((V, crop_size, crop_size, 3), np.uint8)
-        affines = np.zeros((V, 2, 3))
-        valid = np.array([v.status != INVALID for v in views])
-        quarantine = []
-        for ci, v in enumerate(views):
-            if v.status == INVALID:
-                quarantine.append(_entry(v, "skipped", v.reason))
-                affines[ci] = np.nan
-                continue
-            affines[ci] = crop_affine(v.box, crop_size, flip=v.flipped)
-            try:
-                image = capture.read_image(ci, fi)
-            except CaptureError as exc:
-                valid[ci] = False
-                affines[ci] = np.nan
-                quarantine.append(_entry(v, "skipped", f"unusable image: {exc}"))
-                continue
-            crops[ci] = warp_crop(image, affines[ci], crop_size)
-            if v.status == RECOVERED:
-                quarantine.append(_entry(v, "recovered", v.reason))
+        crops, affines, valid, quarantine = crop_views(capture, fi, views, crop_size)
         kp = np.zeros((V, 21, 2), np.float32)
         conf = np.zeros((V, 21), np.float32)
         idx = np.nonzero(valid)[0]
@@ -362,11 +370,24 @@ def format_quarantine(report: dict, limit: int = 50) -> str:
     return "\n".join(lines)
 
 
+HANCO_TEST_FROM = 1200
+
+
 def split_shards(shards: list[dict], split_by: str, val_fraction: float, test_fraction: float) -> dict:
-    """Assign each shard to train/val/test: whole captures, or frame ranges within each capture."""
-    if split_by not in ("capture", "frame"):
-        raise HamucoError(f"split_by must be 'capture' or 'frame', not {split_by!r}")
+    """Assign each shard to train/val/test: whole captures, frame ranges within each capture, or HanCo's
+    split by sequence number (< 1200 train, ≥ 1200 test)."""
+    if split_by not in ("capture", "frame", "hanco"):
+        raise HamucoError(f"split_by must be 'capture', 'frame' or 'hanco', not {split_by!r}")
     out = {"train": [], "val": [], "test": []}
+    if split_by == "hanco":  # the paper's split: sequences numbered below 1200 train, the others test
+        import re
+
+        for s in shards:
+            m = re.search(r"(\d+)$", s["capture"])
+            if m is None:
+                raise HamucoError(f"{s['capture']}: split 'hanco' needs HanCo sequences (hanco-<number>)")
+            out["test" if int(m.group(1)) >= HANCO_TEST_FROM else "train"].append(s["path"])
+        return out
     if split_by == "capture":
         names = sorted({s["capture"] for s in shards})
         n = len(names)

@@ -2,3 +2,5 @@
 from .prepare import (CaptureReport, Demo, DetectHands, LabelShard, OpenPoseLabeler, PrepareDataset,  # noqa: F401
                       SyntheticCapture, ValidateCapture)
 from .train import DatasetIndex, TrainModel  # noqa: F401,E402
+from .evaluate import Checkpoint, EvaluateModel  # noqa: F401,E402
+from .hanco import ReproduceHanCo  # noqa: F401,E402

@@ -161,6 +161,85 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from pipeline.dataset import load_index
+    from pipeline.evaluate import summary_table
+    from tasks.evaluate import EvaluateModel, read_metrics
+
+    load_index(args.dataset)  # clear errors before any task starts
+    if not Path(args.checkpoint).is_file():
+        raise HamucoError(f"{args.checkpoint}: checkpoint not found")
+    from model.inference import load_model
+
+    load_model(args.checkpoint, args.hand_model)  # a checkpoint that does not match fails here, clearly
+    task = EvaluateModel(checkpoint=args.checkpoint, dataset=args.dataset, out=args.out, split=args.split,
+                         hand_model=args.hand_model)
+    if not _run_luigi([task], workers=1):
+        return EXIT_INVALID
+    print(summary_table(read_metrics(task)))
+    out = task.output()
+    print(f"metrics: {out['metrics'].path}  table: {out['csv'].path}")
+    print(f"report: {out['report'].path}")
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    import torch
+
+    from model.inference import load_model
+    from pipeline.infer import infer_capture, infer_images, write_predictions
+    from pipeline.provenance import code_version
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model, info = load_model(args.checkpoint, args.hand_model)
+    out = Path(args.out)
+    overlays = out.parent / (out.stem + "_overlays") if args.overlays else None
+    if args.capture:
+        if args.images:
+            raise HamucoError("give either --capture or images, not both")
+        result = infer_capture(model, args.capture, use_extrinsics=not args.no_extrinsics,
+                               reference_view=args.reference_view, vertices=args.vertices, overlay_dir=overlays,
+                               progress=not args.quiet)
+    elif args.images:
+        result = infer_images(model, args.images, vertices=args.vertices, overlay_dir=overlays,
+                              progress=not args.quiet)
+    else:
+        raise HamucoError("nothing to run on: give --capture DIR or image/video paths")
+    prov = {"checkpoint": os.path.abspath(args.checkpoint), "training_step": info["step"],
+            "backbone": info["architecture"]["backbone"], "code_version": code_version()}
+    write_predictions(result, out, prov)
+    frames = {r.prediction.coordinate_frame for r in result.records}
+    print(f"wrote {out}: {len(result.records)} hand(s), frame of reference {', '.join(sorted(frames))}; "
+          f"{len(result.skipped)} view(s) skipped")
+    for s in result.skipped[:10]:
+        print(f"  skipped {s['source']} frame {s['frame'] or '-'} {s['camera']}: {s['reason']}")
+    if overlays is not None:
+        print(f"overlays: {overlays}")
+    return 0
+
+
+def _reproduce_hanco(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import summary_table
+    from pipeline.hanco import list_hanco_sequences
+    from tasks.hanco import ReproduceHanCo
+
+    list_hanco_sequences(args.root)  # a clear error for a wrong root before any task starts
+    params = {"root": args.root, "out": args.out}
+    if args.sequences:
+        params["sequences"] = args.sequences
+    for name in ("steps", "batch_size", "backbone", "backbone_weights"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    task = ReproduceHanCo(**params)
+    if not _run_luigi([task], workers=1):
+        return EXIT_INVALID
+    result = json.loads(Path(task.output().path).read_text())
+    print(summary_table(json.loads(Path(result["metrics"]).read_text())))
+    print("paper (Table C, mm):  " + ", ".join(f"{k} {v}" for k, v in result["paper_table_c"].items()))
+    print(f"report: {result['report']}")
+    return 0
+
+
 def _shards_inspect(args: argparse.Namespace) -> int:
     from pipeline.shards import inspect_shard
 
@@ -190,6 +269,12 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"training: {len(rows)} steps, checkpoint {result['checkpoint']}, loss curve {run / 'loss_curve.png'}")
     for key in ("total", "joint_2d/single", "joint_2d/interaction", "consistency"):
         print(f"  {key:<22} first {rows[0][key]:.4f}  last {rows[-1][key]:.4f}")
+    from pipeline.evaluate import summary_table
+
+    metrics = json.loads(Path(result["metrics"]).read_text())
+    print(f"evaluation ({metrics['provenance']['split']} split):")
+    print("  " + summary_table(metrics).replace("\n", "\n  "))
+    print(f"report: {result['report']}")
     return 0
 
 
@@ -272,6 +357,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hand-model", default=None, help="converted MANO .npz (default: procedural hand)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="metrics, baselines and an HTML report for a checkpoint",
+                       description="Run the EvaluateModel task: the three modes (single, interaction, fusion) "
+                       "and per view, the pseudo-label and triangulation baselines, as JSON and CSV, and a "
+                       "self-contained report.html.")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
+    p.add_argument("--dataset", required=True, help="dataset index with ground truth")
+    p.add_argument("--out", required=True, help="root directory of evaluations")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--hand-model", default=None, help="converted MANO .npz the run was trained with")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("infer", help="3D hands from a capture, or from images and videos in the wild",
+                       description="Run a trained network on new data. A capture (any number of views): the "
+                       "fused hand in the world frame when the cameras are calibrated, else in the reference "
+                       "view's camera frame. Images/videos: every hand found, each as one view; left hands are "
+                       "mirrored for the network and mirrored back.")
+    p.add_argument("images", nargs="*", help="images, videos or directories of them")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
+    p.add_argument("--capture", default=None, help="capture directory or hanco:<root>#<seq>")
+    p.add_argument("--out", required=True, help="predictions file: .json or .h5")
+    p.add_argument("--no-extrinsics", action="store_true", help="ignore the capture's extrinsics")
+    p.add_argument("--reference-view", default=None, help="camera name whose frame holds the result "
+                   "without extrinsics (default: the first view with a hand)")
+    p.add_argument("--vertices", action="store_true", help="also write the mesh vertices")
+    p.add_argument("--overlays", action="store_true", help="write the predicted skeleton over the inputs (PNG)")
+    p.add_argument("--hand-model", default=None, help="converted MANO .npz the run was trained with")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_infer)
+
+    p = sub.add_parser("reproduce-hanco", help="the paper's HanCo experiment: prepare, train, evaluate",
+                       description="Prepare HanCo with its imported HaMuCo pseudo labels, train as the paper "
+                       "(settings in configs/hanco-paper.cfg: LUIGI_CONFIG_PATH=configs/hanco-paper.cfg) and "
+                       "evaluate on sequences >= 1200.")
+    p.add_argument("--root", required=True, help="HanCo root directory")
+    p.add_argument("--out", required=True)
+    p.add_argument("--sequences", nargs="*", default=None, help="sequence ids (default: all)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50"), default=None)
+    p.add_argument("--backbone-weights", default=None, help="imagenet (default), none or a file path")
+    p.set_defaults(func=_reproduce_hanco)
 
     p = sub.add_parser("shards", help="work with HDF5 shards")
     shards_sub = p.add_subparsers(dest="shards_command", required=True, metavar="SUBCOMMAND")

@@ -255,7 +255,7 @@ class PrepareDataset(_DetectParams, _LabelParams):
 
     captures = luigi.ListParameter(description="capture directories or hanco:<root>#<seq> references")
     out = luigi.Parameter(description="root directory of prepared outputs")
-    split_by = luigi.ChoiceParameter(choices=["capture", "frame"], default="frame")
+    split_by = luigi.ChoiceParameter(choices=["capture", "frame", "hanco"], default="frame")
     val_fraction = luigi.FloatParameter(default=0.1)
     test_fraction = luigi.FloatParameter(default=0.1)
 
@@ -285,18 +285,18 @@ class PrepareDataset(_DetectParams, _LabelParams):
 
 
 class Demo(luigi.Task):
-    """The main job on the embedded synthetic capture: generate, prepare, train briefly."""
+    """The main job on the embedded synthetic capture: generate, prepare, train briefly, evaluate, report."""
 
     out = luigi.Parameter(default="demo_output")
     frames_per_shard = luigi.IntParameter(default=3)
-    train_steps = luigi.IntParameter(default=20)
+    train_steps = luigi.IntParameter(default=200)
     backbone = luigi.Parameter(default="resnet18")
 
     def requires(self):
         return SyntheticCapture(dest=os.path.join(self.out, "capture"))
 
     def output(self):
-        return luigi.LocalTarget(os.path.join(self.out, "demo.json"))
+        return luigi.LocalTarget(os.path.join(self.out, "demo-result.json"))
 
     def run(self):
         from .train import TrainModel
@@ -306,4 +306,10 @@ class Demo(luigi.Task):
         checkpoint = yield TrainModel(dataset=dataset.path, out=os.path.join(self.out, "training"),
                                       backbone=self.backbone, steps=self.train_steps, batch_size=1,
                                       checkpoint_every=10)
-        write_json(Path(self.output().path), {"dataset_index": dataset.path, "checkpoint": checkpoint.path})
+        from .evaluate import EvaluateModel
+
+        evaluation = yield EvaluateModel(checkpoint=checkpoint.path, dataset=dataset.path,
+                                         out=os.path.join(self.out, "evaluation"), split="test")
+        write_json(Path(self.output().path), {"dataset_index": dataset.path, "checkpoint": checkpoint.path,
+                                              "metrics": evaluation["metrics"].path,
+                                              "report": evaluation["report"].path})

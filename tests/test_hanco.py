@@ -210,3 +210,37 @@ def test_bad_input(hanco, tmp_path):
     (root / "rgb" / "0007").mkdir()
     with pytest.raises(CaptureError, match="no camera"):
         read_hanco_sequence(root, "0007")
+
+
+def test_paper_reproduction_end_to_end_on_a_tiny_hanco(tmp_path, monkeypatch):
+    """configs/hanco-paper.cfg + ReproduceHanCo: imported labels, ResNet-50 with a weights file in
+    torchvision's layout (ImageNet cannot be downloaded here), the paper's sequence split, evaluation."""
+    import luigi
+    import torch
+    import torchvision
+
+    from tasks.hanco import ReproduceHanCo
+
+    root = tmp_path / "HanCo"
+    make_dataset(root)
+    weights = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), weights)
+    cfg = luigi.configuration.get_config()
+    assert cfg.read(["configs/hanco-paper.cfg"])
+    try:
+        ReproduceHanCo.clear_instance_cache()
+        task = ReproduceHanCo(root=str(root), out=str(tmp_path / "out"), steps=2, batch_size=1, num_workers=0,
+                              backbone_weights=str(weights))
+        assert task.backbone == "resnet50" and task.crop_size == 256 and task.lr == 3e-4
+        assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    finally:
+        cfg.remove_section("ReproduceHanCo")
+        cfg.remove_section("TrainModel")
+    result = json.loads((tmp_path / "out" / "hanco-paper.json").read_text())
+    index = json.loads(open(result["dataset_index"]).read())
+    assert index["labeler"] == "imported"
+    by_capture = {s["path"]: s["capture"] for s in index["shards"]}
+    assert {by_capture[p] for p in index["split"]["test"]} == {"hanco-1201"}
+    assert {by_capture[p] for p in index["split"]["train"]} == {"hanco-0000"}
+    assert set(result["ours"]["pa_mpjpe_mm"]) == {"single", "interaction", "fusion"}
+    assert (tmp_path / "out" / "evaluation").exists() and open(result["report"]).read().startswith("<!DOCTYPE html>")
