@@ -46,11 +46,13 @@ class InferenceRecord:
     prediction: HandPrediction
     views: list[str]  # camera names, or ["image"]
     joints_2d_image: np.ndarray  # (V, 21, 2) predicted joints in each input image, NaN for invalid views
-    handedness: str = "right"
+    boxes: np.ndarray  # (V, 4) square hand boxes (x0, y0, x1, y1) in image pixels that were cropped, NaN invalid
+    handedness: str = "right"  # a left hand's crops were mirrored for the network
 
     def to_json(self) -> dict:
         return {"source": self.source, "frame": self.frame, "views": self.views, "handedness": self.handedness,
                 "joints_2d_image": np.where(np.isfinite(self.joints_2d_image), self.joints_2d_image, None).tolist(),
+                "boxes": np.where(np.isfinite(self.boxes), self.boxes, None).tolist(),
                 **self.prediction.to_json()}
 
 
@@ -104,7 +106,8 @@ def infer_capture(model, capture_ref: str | os.PathLike, frames: Optional[Sequen
             pred = infer(model, crops[..., ::-1], valid, flipped, ext, ref, vertices=vertices)
             uv = np.stack([_to_image(pred.joints_2d[ci], affines[ci]) if valid[ci] else np.full((21, 2), np.nan)
                            for ci in range(len(views))])
-            result.records.append(InferenceRecord(str(capture.root), fid, pred, names, uv, capture.handedness))
+            boxes = np.stack([v.box if valid[ci] else np.full(4, np.nan) for ci, v in enumerate(views)])
+            result.records.append(InferenceRecord(str(capture.root), fid, pred, names, uv, boxes, capture.handedness))
             if overlay_dir is not None:
                 for ci in np.flatnonzero(valid):
                     img = capture.read_image(ci, fi)
@@ -173,7 +176,8 @@ def infer_images(model, sources: Sequence[str | os.PathLike], detector: Detector
                     crop = warp_crop(img, A, size)[..., ::-1]
                     pred = infer(model, crop[None], None, np.array([flip]), None, None, vertices=vertices)
                     uv = _to_image(pred.joints_2d[0], A)[None]
-                    result.records.append(InferenceRecord(str(path), frame, pred, ["image"], uv, hand.handedness))
+                    result.records.append(InferenceRecord(str(path), frame, pred, ["image"], uv, box[None],
+                                                          hand.handedness))
                     if drawn is not None:
                         draw_skeleton(drawn, uv[0])
                 if drawn is not None:
@@ -232,6 +236,7 @@ def write_predictions(result: InferenceResult, path: str | os.PathLike, provenan
             f.create_dataset("handedness", data=np.array([r.handedness for r in recs], dtype=object), dtype=str_dt)
             f.create_dataset("joints", data=np.stack([r.prediction.joints for r in recs]).astype(np.float32))
             f.create_dataset("joints_2d_image", data=np.stack([r.joints_2d_image for r in recs]).astype(np.float32))
+            f.create_dataset("boxes", data=np.stack([r.boxes for r in recs]).astype(np.float32))
             for name in ("view_joints", "pose", "shape", "camera", "view_mask"):
                 f.create_dataset(name, data=np.stack([getattr(r.prediction, name) for r in recs]))
             if recs[0].prediction.vertices is not None:

@@ -220,17 +220,25 @@ def test_infer_images_and_video_in_the_wild(trained, tmp_path):
     for r in res.records:
         by_source.setdefault(Path(r.source).name, []).append(r)
     found = set(by_source) | {Path(s["source"]).name for s in res.skipped}
-    assert found == {"photo.png", "mirrored.png", "clip.avi"}
-    if "photo.png" in by_source and "mirrored.png" in by_source:
-        a, b = by_source["photo.png"][0], by_source["mirrored.png"][0]
-        assert a.handedness != b.handedness
-    if "clip.avi" in by_source:
-        assert [r.frame for r in by_source["clip.avi"]][:3] == ["0", "1", "2"]
-    for recs in by_source.values():
+    assert found == {"photo.png", "mirrored.png", "clip.avi"}  # every input is either a result or listed
+    assert "photo.png" in by_source and "clip.avi" in by_source, res.skipped
+    assert [r.frame for r in by_source["clip.avi"]] == ["0", "1", "2"]
+    from model.inference import infer
+    from pipeline.crop import crop_affine, warp_crop
+
+    video = cv2.VideoCapture(str(tmp_path / "clip.avi"))
+    frames = {str(i): video.read()[1] for i in range(3)}
+    video.release()
+    inputs = {"photo.png": lambda r: img, "mirrored.png": lambda r: img[:, ::-1], "clip.avi": lambda r: frames[r.frame]}
+    for name, recs in by_source.items():
         for r in recs:
             assert r.prediction.joints.shape == (21, 3) and r.prediction.coordinate_frame == "camera:0"
-            uv = r.joints_2d_image[0]
-            assert np.all(np.isfinite(uv))
-    assert len(list((tmp_path / "ov").glob("*.png"))) >= 1
+            assert np.all(np.isfinite(r.joints_2d_image[0]))
+            # the recorded box, mirrored for a left hand, reproduces the prediction
+            flip = r.handedness == "left"
+            crop = warp_crop(inputs[name](r), crop_affine(r.boxes[0], CROP, flip=flip), CROP)[..., ::-1]
+            again = infer(model, crop[None], flipped=np.array([flip]))
+            np.testing.assert_allclose(again.joints, r.prediction.joints, atol=1e-5)
+    assert len(list((tmp_path / "ov").glob("*.png"))) >= 2
     with pytest.raises(HamucoError, match="no such image"):
         infer_images(model, [tmp_path / "missing.png"], progress=False)
