@@ -62,7 +62,8 @@ def load_model(checkpoint: str | os.PathLike, hand_model: Optional[str | os.Path
         first = str(exc).splitlines()[1:3]
         raise HamucoError(f"{path}: checkpoint does not match the model: {' '.join(s.strip() for s in first)}") from None
     model.eval()
-    return model, {"architecture": arch, "provenance": ckpt.get("provenance", {}), "step": ckpt.get("step")}
+    return model, {"architecture": arch, "provenance": ckpt.get("provenance", {}),
+                   "step": (ckpt.get("state") or {}).get("step")}
 
 
 def _state_dict_difference(model_sd: dict, ckpt_sd: dict) -> tuple[list[str], list[str]]:

@@ -15,6 +15,8 @@ Coordinate conventions (shared with the cross-view network):
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -53,10 +55,10 @@ def init_pose_head(head: MLP, num_joints: int = NUM_POSE_JOINTS, std: float = 1e
 
 
 def init_cam_head(head: MLP, scale: float = INIT_SCALE, std: float = 1e-3) -> None:
-    """Small last-layer weights; bias (scale, 0, 0) so the initial scale is positive and centred."""
+    """Small last-layer weights; bias (softplus⁻¹(scale), 0, 0) so the initial scale is ``scale``, centred."""
     nn.init.normal_(head.last.weight, std=std)
     with torch.no_grad():
-        head.last.bias.copy_(torch.tensor([scale, 0.0, 0.0]))
+        head.last.bias.copy_(torch.tensor([math.log(math.expm1(scale)), 0.0, 0.0]))
 
 
 def init_shape_head(head: MLP, std: float = 1e-3) -> None:
@@ -65,8 +67,13 @@ def init_shape_head(head: MLP, std: float = 1e-3) -> None:
 
 
 def camera_from_raw(raw: torch.Tensor) -> torch.Tensor:
-    """Raw head output (..., 3) → (s, tx, ty) with s = ReLU(raw_s) ≥ 0."""
-    return torch.cat([torch.relu(raw[..., :1]), raw[..., 1:]], dim=-1)
+    """Raw head output (..., 3) → (s, tx, ty) with s = softplus(raw_s) > 0.
+
+    The official code keeps s ≥ 0 with a ReLU; a ReLU scale that is pushed below zero once (early
+    steps with a large learning rate) stays at 0 for good: every projection collapses to one point
+    and the 2D losses no longer reach the pose. Softplus keeps s positive with a gradient everywhere.
+    """
+    return torch.cat([nn.functional.softplus(raw[..., :1]), raw[..., 1:]], dim=-1)
 
 
 def weak_perspective(points: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,7 @@ def test_evaluation_outputs(evaluation):
         assert t["count"] > 0 and 0 < t["pa_mpjpe_mm"] < t["mpjpe_mm"] + 1e-6 and 0 <= t["auc_0_50mm"] <= 1
     assert len(m["per_view"]["single"]) == 4
     assert m["provenance"]["checkpoint_sha256"] and m["provenance"]["code_version"]
+    assert m["provenance"]["training_step"] == 6
     rows = list(csv.DictReader(open(out["csv"].path)))
     assert {r["name"] for r in rows} >= {"single", "interaction", "fusion", "triangulation", "pseudo_labels"}
     samples = list(csv.DictReader(open(Path(out["csv"].path).parent / "per_sample.csv")))

@@ -159,3 +159,19 @@ def test_imagenet_without_network_names_cache(monkeypatch, tmp_path):
     msg = str(err.value)
     assert str(cache) in msg and "backbone_weights=PATH" in msg and "backbone_weights=none" in msg
     assert url in msg
+
+
+def test_camera_scale_stays_positive_and_recoverable():
+    """A raw scale pushed far below zero still gives s > 0 and a gradient that can bring it back
+    (a ReLU would give s = 0 and no gradient: projections collapsed to a point for good)."""
+    from model.single_view import INIT_SCALE, MLP, camera_from_raw, init_cam_head
+
+    raw = torch.tensor([[-8.0, 0.1, -0.2], [0.5, 0.0, 0.0]], requires_grad=True)
+    cam = camera_from_raw(raw)
+    assert torch.all(cam[:, 0] > 0) and torch.equal(cam[:, 1:], raw[:, 1:])
+    cam[:, 0].sum().backward()
+    assert torch.all(raw.grad[:, 0] > 0)
+    head = MLP(8, 3)
+    init_cam_head(head)
+    s = camera_from_raw(head(torch.zeros(1, 8)))[0, 0]
+    assert abs(float(s) - INIT_SCALE) < 1e-3
