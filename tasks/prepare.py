@@ -305,7 +305,7 @@ class Demo(luigi.Task):
                                        out=os.path.join(self.out, "prepared"), frames_per_shard=self.frames_per_shard)
         checkpoint = yield TrainModel(dataset=dataset.path, out=os.path.join(self.out, "training"),
                                       backbone=self.backbone, steps=self.train_steps, batch_size=1,
-                                      checkpoint_every=10)
+                                      checkpoint_every=50, use_extrinsics=True)
         from .evaluate import EvaluateModel
 
         evaluation = yield EvaluateModel(checkpoint=checkpoint.path, dataset=dataset.path,
