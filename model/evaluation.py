@@ -16,7 +16,8 @@ results are in the frame of the hand as captured. Ground truth in a camera frame
 Metrics per mode: MPJPE (root-aligned), NMPJPE (root-aligned, scale from the wrist→middle-MCP
 bone), PA-MPJPE (similarity Procrustes), the AUC of the PCK curve over 0–50 mm computed on the
 Procrustes-aligned joint errors (FreiHAND protocol), and for the per-view modes the 2D error in
-crop pixels; ``single`` and ``interaction`` are also broken down per view. Other 3D predictions
+crop pixels. Every sample weighs the same in every mode (a view counts 1 / valid views of its
+sample), so single, interaction and fusion are averaged over the same frames alike; ``single`` and ``interaction`` are also broken down per view. Other 3D predictions
 (e.g. the triangulated pseudo labels, in the world frame) are scored the same way as ``fusion``.
 
 Everything here is tensor/array math: reading shards, running batches and writing files live in
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from .alignment import apply_similarity, similarity_procrustes
-from .metrics import ROOT_JOINT, auc, error_2d, mpjpe, nmpjpe, pa_mpjpe, pck_curve
+from .metrics import ROOT_JOINT, error_2d, mpjpe, nmpjpe, pa_mpjpe
 from .single_view import BBOX_3D_SIZE
 
 MODES = ("single", "interaction", "fusion")
@@ -132,14 +133,51 @@ def _nanmedian(x: np.ndarray) -> float:
     return float(np.median(x)) if x.size else float("nan")
 
 
+def sample_weights(values: np.ndarray) -> np.ndarray:
+    """Weights giving every sample the same total weight: for per-view errors (N, V) each finite view
+    of a sample weighs 1 / (its sample's finite views); for per-sample errors (N,) each finite one 1."""
+    v = np.asarray(values, np.float64)
+    ok = np.isfinite(v)
+    if v.ndim == 1:
+        return ok.astype(np.float64)
+    n = ok.sum(axis=1, keepdims=True)
+    return np.where(ok, 1.0 / np.maximum(n, 1), 0.0)
+
+
+def _weighted_mean(values: np.ndarray, w: np.ndarray) -> float:
+    v = np.where(w > 0, np.asarray(values, np.float64), 0.0)
+    return float((v * w).sum() / w.sum()) if w.sum() > 0 else float("nan")
+
+
+def weighted_pck(joint_errors: np.ndarray, w: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """PCK with a weight per sample/view: joint_errors (..., 21), w (...) → (T,) fractions."""
+    e = np.asarray(joint_errors, np.float64).reshape(-1, 21)
+    ww = np.repeat(np.asarray(w, np.float64).reshape(-1, 1), 21, axis=1)
+    ok = np.isfinite(e) & (ww > 0)
+    if not ok.any():
+        return np.full(len(thresholds), np.nan)
+    e, ww = e[ok], ww[ok]
+    return np.array([(ww * (e <= t)).sum() / ww.sum() for t in thresholds])
+
+
 def summarize_3d(per_sample: dict[str, np.ndarray]) -> dict:
-    """Per-sample errors from :func:`scores_3d` (any leading shape) → means in mm and the AUC."""
-    joint = np.asarray(per_sample["pa_joint"]).reshape(-1, 21)
-    count = int(np.isfinite(np.asarray(per_sample["pa_mpjpe"])).sum())
-    out = {f"{k}_mm": _nanmean(per_sample[k]) * 1000 for k in ("mpjpe", "nmpjpe", "pa_mpjpe")}
+    """Per-sample (N,) or per-view (N, V) errors from :func:`scores_3d` → means in mm and the AUC.
+
+    Every sample weighs the same: a per-view error counts 1 / (valid views of its sample), so that the
+    per-view modes and the fused mode average over the same samples alike (a plain mean over views
+    would favour the frames where more views found the hand, usually the easier ones; that figure is
+    kept as ``pa_mpjpe_per_view_mm``). The AUC is of the PCK of the Procrustes-aligned joints, weighted
+    the same way.
+    """
+    w = sample_weights(per_sample["pa_mpjpe"])
+    out = {f"{k}_mm": _weighted_mean(per_sample[k], w) * 1000 for k in ("mpjpe", "nmpjpe", "pa_mpjpe")}
     out["pa_mpjpe_median_mm"] = _nanmedian(per_sample["pa_mpjpe"]) * 1000
-    out["auc_0_50mm"] = auc(joint) if count else float("nan")
-    out["count"] = count
+    out["pa_mpjpe_per_view_mm"] = _nanmean(per_sample["pa_mpjpe"]) * 1000
+    t = np.linspace(0.0, 50.0, 100)
+    pck = weighted_pck(np.asarray(per_sample["pa_joint"]) * 1000, w, t)
+    out["auc_0_50mm"] = float(np.sum((pck[1:] + pck[:-1]) * np.diff(t)) / 2 / 50.0) if w.sum() else float("nan")
+    out["count"] = int(np.isfinite(np.asarray(per_sample["pa_mpjpe"])).sum())
+    out["samples"] = int((w.reshape(len(w), -1).sum(axis=1) > 0).sum()) if w.size else 0
     return out
 
 
@@ -217,9 +255,10 @@ def evaluate_records(rec: EvaluationRecords) -> dict:
         e = errs[mode]
         table = summarize_3d(e)
         if "error_2d" in e:
-            table["error_2d_px"] = _nanmean(e["error_2d"])
+            table["error_2d_px"] = _weighted_mean(e["error_2d"], sample_weights(e["error_2d"]))
         result["modes" if mode in MODES else "baselines"][mode if mode in MODES else "multi_view_reference"] = table
-        result["pck"][mode] = pck_curve(np.asarray(e["pa_joint"]) * 1000, PCK_THRESHOLDS_MM).tolist()
+        result["pck"][mode] = weighted_pck(np.asarray(e["pa_joint"]) * 1000, sample_weights(e["pa_mpjpe"]),
+                                           PCK_THRESHOLDS_MM).tolist()
         if mode in ("single", "interaction"):
             rows = []
             for v in range(V):
@@ -233,9 +272,10 @@ def evaluate_records(rec: EvaluationRecords) -> dict:
         key = name.split("/", 1)[1]
         if "pa_mpjpe" in e:
             result["baselines"][key] = summarize_3d(e)
-            result["pck"][name] = pck_curve(np.asarray(e["pa_joint"]) * 1000, PCK_THRESHOLDS_MM).tolist()
+            result["pck"][name] = weighted_pck(np.asarray(e["pa_joint"]) * 1000, sample_weights(e["pa_mpjpe"]),
+                                               PCK_THRESHOLDS_MM).tolist()
         else:
-            result["baselines"][key] = {"error_2d_px": _nanmean(e["error_2d"]),
+            result["baselines"][key] = {"error_2d_px": _weighted_mean(e["error_2d"], sample_weights(e["error_2d"])),
                                         "error_2d_median_px": _nanmedian(e["error_2d"]),
                                         "count": int(np.isfinite(e["error_2d"]).sum())}
     return result

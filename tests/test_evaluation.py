@@ -172,3 +172,20 @@ def test_flipped_left_hands_land_in_the_left_hand_frame(net):
 def test_wrong_crop_size_is_refused(net):
     with pytest.raises(Exception, match="64² crops"):
         infer(net, np.zeros((2, 32, 32, 3), np.uint8))
+
+
+def test_every_sample_weighs_the_same_in_every_mode():
+    """A frame seen by one view (error 30 mm) and a frame seen by three views (10 mm each): the per-view
+    modes average the frames alike (20 mm), as the fused mode does; the plain per-view mean is 15 mm."""
+    from model.evaluation import summarize_3d
+
+    pa = np.array([[0.030, np.nan, np.nan], [0.010, 0.010, 0.010]])
+    joint = np.repeat(pa[..., None], 21, axis=-1)
+    t = summarize_3d({"mpjpe": pa, "nmpjpe": pa, "pa_mpjpe": pa, "pa_joint": joint})
+    assert t["pa_mpjpe_mm"] == pytest.approx(20.0) and t["pa_mpjpe_per_view_mm"] == pytest.approx(15.0)
+    assert t["count"] == 4 and t["samples"] == 2
+    # PCK is 0 below 10 mm, 1/2 (one of two equally weighted frames) up to 30 mm, then 1:
+    # AUC = (0.5 · 20 + 1 · 20) / 50 = 0.6 (the per-view weighting would give 0.75 · 20 + 20 → 0.7)
+    assert t["auc_0_50mm"] == pytest.approx(0.6, abs=0.01)
+    fused = summarize_3d({"mpjpe": pa[:, 0], "nmpjpe": pa[:, 0], "pa_mpjpe": pa[:, 0], "pa_joint": joint[:, 0]})
+    assert fused["pa_mpjpe_mm"] == pytest.approx(20.0)
