@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--cameras", type=int, default=8)
     ap.add_argument("--crop-size", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--backbone", default="resnet18")

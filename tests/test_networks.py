@@ -9,6 +9,7 @@ from model.backbone import Backbone, imagenet_weights_file
 from model.errors import HamucoError
 from model.graph_features import joint_feature_sampler
 from model.hamuco import HaMuCo
+from model.single_view import INIT_SCALE
 from model.rotations import axis_angle_to_matrix
 
 
@@ -106,14 +107,14 @@ def test_gradients_reach_backbone():
 
 
 def test_initial_prediction_near_identity():
-    """Heads start at the identity pose, scale 0.7, no translation (features normalised by BN)."""
+    """Heads start at the identity pose, scale INIT_SCALE, no translation (features normalised by BN)."""
     torch.manual_seed(0)
     net = HaMuCo("resnet18", "none", image_size=64).train()
     with torch.no_grad():
         out = net(torch.randn(2, 3, 3, 64, 64))
     for mesh in (out.single, out.fused):
         assert mesh.pose_axis_angle.abs().max() < 0.1
-        assert torch.allclose(mesh.cam, torch.tensor([0.7, 0.0, 0.0]).expand(6, 3), atol=0.1)
+        assert torch.allclose(mesh.cam, torch.tensor([INIT_SCALE, 0.0, 0.0]).expand(6, 3), atol=0.1)
     assert out.single.betas.abs().max() < 0.1
 
 
@@ -162,13 +163,13 @@ def test_imagenet_without_network_names_cache(monkeypatch, tmp_path):
 
 
 def test_camera_scale_stays_positive_and_recoverable():
-    """A raw scale pushed far below zero still gives s > 0 and a gradient that can bring it back
-    (a ReLU would give s = 0 and no gradient: projections collapsed to a point for good)."""
-    from model.single_view import INIT_SCALE, MLP, camera_from_raw, init_cam_head
+    """A raw scale pushed far down still gives s > MIN_SCALE (projections keep the hand's structure) and
+    a gradient (a ReLU would give s = 0 and no gradient: projections collapsed to a point for good)."""
+    from model.single_view import INIT_SCALE, MIN_SCALE, MLP, camera_from_raw, init_cam_head
 
     raw = torch.tensor([[-8.0, 0.1, -0.2], [0.5, 0.0, 0.0]], requires_grad=True)
     cam = camera_from_raw(raw)
-    assert torch.all(cam[:, 0] > 0) and torch.equal(cam[:, 1:], raw[:, 1:])
+    assert torch.all(cam[:, 0] > MIN_SCALE) and torch.equal(cam[:, 1:], raw[:, 1:])
     cam[:, 0].sum().backward()
     assert torch.all(raw.grad[:, 0] > 0)
     head = MLP(8, 3)
