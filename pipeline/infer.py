@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.errors import HamucoError
+from model.hand_model import OPENPOSE_PARENTS
 from model.inference import HandPrediction, infer
 
 from .capture import CaptureError, atomic_write_bytes
@@ -33,8 +34,7 @@ from .prepare import DetectorParams, crop_views, open_capture
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
-BONES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
-         (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20)]
+BONES = [(p, j) for j, p in enumerate(OPENPOSE_PARENTS) if p >= 0]  # OpenPose order
 
 
 @dataclass

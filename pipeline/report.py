@@ -23,14 +23,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from model.hand_model import OPENPOSE_PARENTS  # noqa: E402
 from model.alignment import apply_similarity, similarity_procrustes  # noqa: E402
 from model.evaluation import camera_ground_truth, ranking_error  # noqa: E402
 
 from .capture import atomic_write_bytes  # noqa: E402
 from .shards import ShardReader  # noqa: E402
 
-BONES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
-         (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20)]
+BONES = [(p, j) for j, p in enumerate(OPENPOSE_PARENTS) if p >= 0]  # OpenPose order
 COLORS = {"pseudo label": "#e8590c", "prediction": "#2b8a3e", "ground truth": "#1971c2"}
 MODE_TITLES = {"single": "single view", "interaction": "interaction (multi-view, no extrinsics)",
                "fusion": "fusion (multi-view, with extrinsics)"}
