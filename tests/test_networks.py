@@ -175,4 +175,4 @@ def test_camera_scale_stays_positive_and_recoverable():
     head = MLP(8, 3)
     init_cam_head(head)
     s = camera_from_raw(head(torch.zeros(1, 8)))[0, 0]
-    assert abs(float(s) - INIT_SCALE) < 1e-3
+    assert abs(float(s.detach()) - INIT_SCALE) < 1e-3
