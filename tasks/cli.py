@@ -272,7 +272,8 @@ def _demo(args: argparse.Namespace) -> int:
     from pipeline.evaluate import summary_table
 
     metrics = json.loads(Path(result["metrics"]).read_text())
-    print(f"evaluation ({metrics['provenance']['split']} split):")
+    print(f"evaluation ({metrics['provenance']['split']} split; a {len(rows)}-step run on a few frames shows the "
+          "pipeline end to end, not a trained model: see RESULTS.md / make science):")
     print("  " + summary_table(metrics).replace("\n", "\n  "))
     print(f"report: {result['report']}")
     return 0
