@@ -1,6 +1,8 @@
-"""What made an output: the code version recorded in captures, shards and checkpoints."""
+"""What made an output: the code version recorded in captures, shards and checkpoints, file digests."""
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -24,3 +26,12 @@ def code_version() -> str:
         return f"{base}+g{commit}{'.dirty' if dirty else ''}"
     except Exception:
         return base
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (weights, checkpoints, dataset indexes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -9,7 +9,6 @@ its presence marks the task complete).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ from model.inference import load_model
 from pipeline.dataset import load_index
 from pipeline.evaluate import evaluate_split, write_results
 from pipeline.prepare import version_hash
-from pipeline.provenance import code_version
+from pipeline.provenance import code_version, sha256_file
 from pipeline.report import render_report, write_report
 
 from .train import DatasetIndex
@@ -33,14 +32,6 @@ class Checkpoint(luigi.ExternalTask):
 
     def output(self):
         return luigi.LocalTarget(self.path)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class EvaluateModel(luigi.Task):
@@ -58,7 +49,7 @@ class EvaluateModel(luigi.Task):
 
     @property
     def eval_dir(self) -> Path:
-        digests = [file_sha256(p) if Path(p).is_file() else "" for p in (self.checkpoint, self.dataset)]
+        digests = [sha256_file(p) if Path(p).is_file() else "" for p in (self.checkpoint, self.dataset)]
         params = {"split": self.split, "confidence": self.confidence, "hand_model": self.hand_model}
         return Path(self.out) / f"eval-{self.split}-{version_hash(params, *digests)}"
 
@@ -75,7 +66,7 @@ class EvaluateModel(luigi.Task):
         model, info = load_model(self.checkpoint, self.hand_model)
         ev = evaluate_split(model, self.dataset, split=self.split, confidence=self.confidence,
                             batch_size=self.batch_size)
-        prov = {"checkpoint": os.path.abspath(self.checkpoint), "checkpoint_sha256": file_sha256(self.checkpoint),
+        prov = {"checkpoint": os.path.abspath(self.checkpoint), "checkpoint_sha256": sha256_file(self.checkpoint),
                 "training_step": info["step"], "backbone": info["architecture"]["backbone"],
                 "dataset": os.path.abspath(self.dataset), "split": self.split, "labeler": index.get("labeler"),
                 "code_version": code_version(),

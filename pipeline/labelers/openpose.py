@@ -60,7 +60,6 @@ crop at the 4 default scales is 7.5 × a 368² pass, ~3.4 s on 2 CPU cores, batc
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import urllib.error
@@ -77,6 +76,8 @@ from torch import nn
 from tqdm import tqdm
 
 from model.errors import HamucoError
+
+from ..provenance import sha256_file
 
 DEFAULT_URL = "https://huggingface.co/lllyasviel/Annotators/resolve/main/hand_pose_model.pth"
 DEFAULT_FILE_NAME = "hand_pose_model.pth"
@@ -184,21 +185,13 @@ class OpenPoseHandNet(nn.Module):
 # Weights
 # --------------------------------------------------------------------------------------------
 
-def _sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cache_path(file_name: str, model_dir: Optional[str | os.PathLike]) -> Path:
     base = Path(model_dir) if model_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
     return base / file_name
 
 
 def _check_sha256(file: Path, expected: Optional[str]) -> str:
-    actual = _sha256_file(file)
+    actual = sha256_file(file)
     if expected is not None and actual.lower() != expected.strip().lower():
         raise WeightsError(
             f"OpenPose hand weights {file} have the wrong SHA-256: expected {expected.strip().lower()}, "
