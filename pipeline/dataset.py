@@ -37,11 +37,10 @@ import torch
 from torch.utils.data import Dataset
 
 from model.errors import HamucoError
+from model.inference import IMAGENET_MEAN, IMAGENET_STD
 
 from .shards import ShardReader
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from model.errors import HamucoError
 from model.hand_model import OPENPOSE_PARENTS
 from model.inference import HandPrediction, infer
 
-from .capture import CaptureError, atomic_write_bytes
+from .capture import atomic_write_bytes
 from .crop import DEFAULT_MARGIN, apply_affine, crop_affine, invert_affine, square_box, warp_crop
 from .detect import MediaPipeHands, detect_frame
 from .prepare import DetectorParams, crop_views, open_capture
@@ -249,5 +249,4 @@ def write_predictions(result: InferenceResult, path: str | os.PathLike, provenan
     return path
 
 
-__all__ = ["infer_capture", "infer_images", "write_predictions", "InferenceResult", "InferenceRecord",
-           "CaptureError"]
+__all__ = ["infer_capture", "infer_images", "write_predictions", "InferenceResult", "InferenceRecord"]
