@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 
 from .errors import HamucoError
+from .safe_load import describe_load_error, safe_torch_load
 
 BACKBONES = {
     # name: (constructor, ImageNet weight enum, channels of H1..H4)
@@ -51,7 +52,7 @@ def _imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:  # no network, proxy refused, corrupt partial file, ...
         raise BackboneWeightsError(
-            f"Could not obtain the ImageNet weights of {name} ({cache.name}): {exc}\n"
+            f"Could not obtain the ImageNet weights of {name} ({cache.name}): {describe_load_error(exc)}\n"
             f"Provide the file in one of three ways:\n"
             f"  1. download {url} on a machine with network and pass the local file:"
             f" backbone_weights=PATH\n"
@@ -67,10 +68,7 @@ def _file_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise BackboneWeightsError(
             f"Backbone weights file not found: {path}. Pass an existing .pth file, "
             f"backbone_weights=imagenet or backbone_weights=none.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise BackboneWeightsError(f"Could not read backbone weights {path}: {exc}") from exc
+    state = safe_torch_load(path, "backbone weights", BackboneWeightsError)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

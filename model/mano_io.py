@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_bytes
 from .errors import ModelFileError
 
 # Arrays every MANO-format hand model must have, with the trailing shape where fixed.
@@ -217,12 +218,7 @@ def check_hand_model(data: dict, source: str) -> dict[str, np.ndarray]:
 def convert_mano_pickle(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, np.ndarray]:
     """Convert an official MANO pickle into a plain ``.npz`` (written atomically)."""
     data = check_hand_model(load_mano_pickle(src), str(src))
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **data)
-    os.replace(tmp, dst)
+    atomic_write_bytes(Path(dst), lambda fh: np.savez(fh, **data))
     return data
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .atomic import atomic_path, atomic_write_bytes, atomic_write_text, fault_point
 from .errors import HamucoError
+from .safe_load import safe_torch_load
 
 CHECKPOINT_LAST = "checkpoint-last.pt"
 CHECKPOINT_FINAL = "checkpoint-final.pt"
@@ -70,23 +71,17 @@ def _collate(items: list[dict]) -> dict:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write a checkpoint atomically (``model.atomic``: a killed writer leaves only a temporary,
+    which the next writer of the same checkpoint removes)."""
+    atomic_write_bytes(Path(path), lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise HamucoError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise HamucoError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    """A checkpoint, read with ``weights_only=True`` (``model.safe_load``)."""
+    ckpt = safe_torch_load(path, "checkpoint")
+    if not isinstance(ckpt, dict):
+        raise HamucoError(f"{path}: not a training checkpoint (holds a {type(ckpt).__name__})")
+    return ckpt
 
 
 def check_architecture(ckpt: dict, architecture: dict, path: Path) -> None:
@@ -200,9 +195,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         metrics_path = self.out / "metrics.jsonl"
         if self.rank == 0 and metrics_path.exists():  # drop what an interrupted run logged past the checkpoint
-            keep = [line for line in metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.state.step]
-            metrics_path.write_text("".join(line + "\n" for line in keep))
+            atomic_write_text(metrics_path, "".join(line + "\n" for line in _metric_lines(metrics_path)
+                                                    if json.loads(line)["step"] <= self.state.step))
         bar = tqdm(total=cfg.steps, initial=self.state.step, unit="step", desc="train",
                    disable=not cfg.progress or self.rank != 0)
         self.model.train()
@@ -230,6 +224,7 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.state.step += 1
+            fault_point("train-step", str(self.state.step))
             record = {"step": self.state.step, "epoch": self.state.epoch, "lr": self.scheduler.get_last_lr()[0],
                       "seconds": round(time.perf_counter() - t0, 4),
                       **{k: float(v.detach()) for k, v in losses.items()}}
@@ -245,6 +240,18 @@ class Trainer:
         if self.rank == 0:
             plot_loss_curve(metrics_path, self.out / "loss_curve.png")
         return {"steps": self.state.step, "checkpoint": str(final), "metrics": str(metrics_path)}
+
+
+def _metric_lines(path: Path) -> list[str]:
+    """The complete JSON lines of a metrics file (a kill mid-append can leave a partial last line)."""
+    lines = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        lines.append(line)
+    return lines
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -266,7 +273,7 @@ def plot_loss_curve(metrics_path: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in _metric_lines(metrics_path)]
     if not rows:
         return
     keys = [k for k in rows[0] if k not in ("step", "epoch", "lr", "seconds")]
@@ -281,7 +288,6 @@ def plot_loss_curve(metrics_path: Path, png: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, png)

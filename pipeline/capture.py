@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -24,6 +26,7 @@ from typing import Callable, Iterator, Optional
 import cv2
 import numpy as np
 
+from model.atomic import atomic_write_bytes  # noqa: F401  (re-exported: pipeline's writers use it)
 from model.errors import HamucoError
 
 CAPTURE_FORMAT = "hamuco-capture"
@@ -36,6 +39,122 @@ HANDEDNESS = ("right", "left")
 
 class CaptureError(HamucoError):
     """A capture cannot be read; the message names the file, frame and camera."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def image_integrity_problem(data: bytes) -> Optional[str]:
+    """Why an encoded image is incomplete, or None. Decoders fill a truncated JPEG with grey and
+    only print a warning, so the end markers are checked: a JPEG's end-of-image marker after its
+    last scan (0xFFD9 cannot occur inside entropy-coded data), a PNG's IEND chunk."""
+    if data[:3] == b"\xff\xd8\xff":
+        sos = data.rfind(b"\xff\xda")
+        if sos < 0:
+            return "truncated JPEG: no image data"
+        if data.find(b"\xff\xd9", sos) < 0:
+            return "truncated JPEG: no end-of-image marker"
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        if data.rfind(b"IEND") < 0:
+            return "truncated PNG: no IEND chunk"
+    return None
+
+
+def decode_image(path: Optional[Path], flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """Read and decode an image file completely, or raise :class:`CaptureError` whose ``reason`` says
+    why (missing, empty, truncated, cannot be decoded)."""
+    if path is None or not Path(path).exists():
+        raise CaptureError(f"{path}: image missing", "image missing")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CaptureError(f"{path}: image unreadable ({exc.strerror or exc})",
+                           f"image unreadable ({exc.strerror or exc})") from None
+    if not data:
+        raise CaptureError(f"{path}: image empty (0 bytes)", "image unreadable (empty file, 0 bytes)")
+    problem = image_integrity_problem(data)
+    if problem:
+        raise CaptureError(f"{path}: image unreadable ({problem})", f"image unreadable ({problem})")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if img is None:
+        raise CaptureError(f"{path}: image unreadable (cannot be decoded)", "image unreadable (cannot be decoded)")
+    return img
+
+
+@dataclass(frozen=True)
+class VideoScan:
+    """One full decode of a video: frames the container declares, frames that decode, and the frames
+    during whose decoding FFmpeg reported damage (index → its first message)."""
+
+    declared: int
+    decoded: int
+    damaged: dict
+
+
+_VIDEO_SCANS: dict = {}
+_FD2_LOCK = threading.Lock()
+
+
+def scan_video(path: str | os.PathLike) -> VideoScan:
+    """Decode every frame of a video once (cached per file version and process).
+
+    OpenCV hides FFmpeg's decoding errors (a damaged frame decodes with concealed blocks), so the
+    decoder's messages, which it writes to file descriptor 2, are captured while each frame is read
+    and attributed to that frame.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return VideoScan(0, 0, {})
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _VIDEO_SCANS:
+        return _VIDEO_SCANS[key]
+    damaged: dict = {}
+    decoded = 0
+    with _FD2_LOCK, tempfile.TemporaryFile() as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        seen = 0
+        try:
+            cap = cv2.VideoCapture(str(path))
+            declared = int(max(cap.get(cv2.CAP_PROP_FRAME_COUNT), 0)) if cap.isOpened() else 0
+            try:
+                while True:
+                    ok, img = cap.read()
+                    size = os.fstat(log.fileno()).st_size
+                    if not ok or img is None:
+                        break
+                    if size > seen:
+                        log.seek(seen)
+                        text = log.read(size - seen).decode("utf-8", "replace").strip().splitlines()
+                        damaged[decoded] = text[0][:200] if text else "decoder error"
+                        seen = size
+                    decoded += 1
+            finally:
+                cap.release()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    scan = VideoScan(declared, decoded, damaged)
+    _VIDEO_SCANS[key] = scan
+    return scan
+
+
+def _escapes(pattern: str) -> bool:
+    """Does a path pattern (relative to the capture) point outside the capture directory?"""
+    probe = str(pattern).replace("{frame}", "f").replace("{camera}", "c")
+    if os.path.isabs(probe) or probe.startswith("~"):
+        return True
+    norm = os.path.normpath(probe)
+    return norm == ".." or norm.startswith(".." + os.sep) or norm.startswith("../")
+
+
+def _bad_name(name: str) -> bool:
+    """A frame id or camera name that would change a path's directory when substituted."""
+    return (not name or name in (".", "..") or any(c in name for c in "/\\\0"))
 
 
 @dataclass
@@ -192,6 +311,13 @@ class Capture:
         fid = self.frame_ids[frame]
         if camera.video is not None:
             video = self.root / camera.video
+            scan = scan_video(video)
+            where = f"{video}: frame {fid} (index {frame}), camera {camera.name}"
+            if frame >= scan.decoded:
+                raise CaptureError(f"{where}: unreadable (the video has {scan.decoded} decodable frames"
+                                   f"{f' of {scan.declared} declared: truncated or corrupt' if scan.declared > scan.decoded else ''})")
+            if frame in scan.damaged:
+                raise CaptureError(f"{where}: unreadable (damaged video frame: {scan.damaged[frame]})")
             cap = cv2.VideoCapture(str(video))
             try:
                 cap.set(cv2.CAP_PROP_POS_FRAMES, frame)
@@ -199,14 +325,13 @@ class Capture:
             finally:
                 cap.release()
             if not ok or img is None:
-                raise CaptureError(f"{video}: frame {fid} (index {frame}), camera {camera.name}: cannot be read")
+                raise CaptureError(f"{where}: unreadable (cannot be decoded)")
             return img
         path = self.image_path(cam, frame)
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR) if path is not None and path.is_file() else None
-        if img is None:
-            state = "missing" if path is None or not path.exists() else "unreadable"
-            raise CaptureError(f"{path}: frame {fid}, camera {camera.name}: image {state}")
-        return img
+        try:
+            return decode_image(path)
+        except CaptureError as exc:
+            raise CaptureError(f"{path}: frame {fid}, camera {camera.name}: {exc.reason}") from None
 
     def iter_video(self, cam: int) -> Iterator[np.ndarray]:
         """Frames of a video camera in order (faster than seeking frame by frame)."""
@@ -247,21 +372,6 @@ class Capture:
         return out
 
 
-def atomic_write_bytes(path: Path, write: Callable) -> None:
-    """Write through ``write(fileobj)`` to a temporary file, then rename onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_capture_json(capture: Capture) -> Path:
     path = capture.root / CAPTURE_FILE
     text = json.dumps(capture.to_json(), indent=1)
@@ -282,8 +392,13 @@ def _matrix(value, shape, what: str, where: str, problems: list[Problem], camera
     return arr
 
 
-def parse_capture(path: str | os.PathLike) -> tuple[Optional[Capture], list[Problem]]:
-    """Read ``capture.json`` leniently: (capture or None, every problem found in it)."""
+def parse_capture(path: str | os.PathLike, allow_external_paths: bool = False
+                  ) -> tuple[Optional[Capture], list[Problem]]:
+    """Read ``capture.json`` leniently: (capture or None, every problem found in it).
+
+    Paths in ``capture.json`` must stay inside the capture directory (no absolute path, no ``..``)
+    unless ``allow_external_paths``; frame ids and camera names never contain path separators.
+    """
     from model.geometry import is_rotation
 
     root = Path(path)
@@ -323,7 +438,16 @@ def parse_capture(path: str | os.PathLike) -> tuple[Optional[Capture], list[Prob
     for f in frames:
         if f in seen:
             problems.append(Problem("error", "frame_duplicate", "frame id listed twice", where, frame=f))
+        if _bad_name(f):
+            problems.append(Problem("error", "frame_id_invalid", "a frame id must not be empty, '.', '..' or "
+                                    "contain a path separator", where, frame=f))
         seen.add(f)
+
+    def outside(pattern, what: str, camera: Optional[str] = None) -> None:
+        if pattern is not None and not allow_external_paths and _escapes(str(pattern)):
+            problems.append(Problem("error", "path_outside_capture",
+                                    f"{what} {pattern!r} points outside the capture directory (give paths "
+                                    "relative to it, or pass --allow-external-paths)", where, camera=camera))
 
     cameras: list[Camera] = []
     names: set[str] = set()
@@ -338,6 +462,9 @@ def parse_capture(path: str | os.PathLike) -> tuple[Optional[Capture], list[Prob
         name = str(rc.get("name", f"#{i}"))
         if "name" not in rc:
             problems.append(Problem("error", "camera_invalid", f"camera entry {i} has no name", where, camera=name))
+        if "name" in rc and _bad_name(name):
+            problems.append(Problem("error", "camera_name_invalid", "a camera name must not be empty, '.', '..' "
+                                    "or contain a path separator", where, camera=name))
         if name in names:
             problems.append(Problem("error", "camera_name_duplicate",
                                     f"camera name {name!r} is used by more than one camera", where, camera=name))
@@ -395,19 +522,23 @@ def parse_capture(path: str | os.PathLike) -> tuple[Optional[Capture], list[Prob
         elif images is not None and "{frame}" not in str(images):
             problems.append(Problem("error", "camera_source_invalid",
                                     f"images pattern {images!r} has no {{frame}} field", where, camera=name))
+        outside(images, "images pattern", name)
+        outside(video, "video", name)
         cameras.append(Camera(name=name, width=size[0], height=size[1], K=K, dist=dist, R=R, t=t,
                               images=images, video=video))
 
     gt = doc.get("ground_truth")
+    outside(gt, "ground_truth")
+    outside(doc.get("masks"), "masks pattern")
     capture = Capture(root=root, cameras=cameras, frame_ids=frames,
                       handedness=handedness if handedness in HANDEDNESS else "right",
                       ground_truth_file=gt, masks=doc.get("masks"), metadata=doc.get("metadata") or {})
     return capture, problems
 
 
-def load_capture(path: str | os.PathLike) -> Capture:
+def load_capture(path: str | os.PathLike, allow_external_paths: bool = False) -> Capture:
     """Read a capture, raising :class:`CaptureError` with every error in ``capture.json``."""
-    capture, problems = parse_capture(path)
+    capture, problems = parse_capture(path, allow_external_paths)
     errors = [p for p in problems if p.severity == "error"]
     if errors or capture is None:
         raise CaptureError("invalid capture:\n  " + "\n  ".join(str(p) for p in errors))

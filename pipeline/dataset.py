@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from model.errors import HamucoError
 from model.inference import IMAGENET_MEAN, IMAGENET_STD
 
-from .shards import ShardReader
+from .shards import ShardReader, verify_shard
 
 
 
@@ -64,6 +64,27 @@ def load_index(path: str | Path) -> dict:
     if index.get("format") != "hamuco-dataset-index":
         raise HamucoError(f"{path}: not a dataset index (format {index.get('format')!r})")
     return index
+
+
+def check_dataset(path: str | Path, split: str = "train") -> None:
+    """Open every shard of a split (schema, structure) and count its usable samples, so that a
+    command fails with a clear message before any task starts."""
+    index = load_index(path)
+    splits = index.get("split") or {}
+    if split not in splits:
+        raise HamucoError(f"{path}: no split {split!r} in the dataset index (have {', '.join(s for s in splits if s != 'by' and isinstance(splits[s], list))})")
+    shards = splits[split]
+    if not shards:
+        raise HamucoError(f"{path}: the {split} split has no shard (split by {splits.get('by')}; "
+                          f"prepare more frames or captures, or change the fractions)")
+    for shard in shards:
+        if not Path(shard).is_file():
+            raise HamucoError(f"{shard}: shard listed in {path} ({split} split) not found")
+        verify_shard(shard)
+    data = ShardDataset(path, split=split)
+    if len(data) == 0:
+        raise HamucoError(f"{path}: the {split} split has no sample with a valid view "
+                          f"({data.skipped_samples} samples, every view invalid: see the quarantine report)")
 
 
 class ShardDataset(Dataset):

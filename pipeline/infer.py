@@ -23,11 +23,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from model.atomic import atomic_path, atomic_write_bytes
 from model.errors import HamucoError
 from model.hand_model import OPENPOSE_PARENTS
 from model.inference import HandPrediction, infer
 
-from .capture import atomic_write_bytes
+from .capture import CaptureError, decode_image
 from .crop import DEFAULT_MARGIN, apply_affine, crop_affine, invert_affine, square_box, warp_crop
 from .detect import MediaPipeHands, detect_frame
 from .prepare import DetectorParams, crop_views, open_capture
@@ -71,9 +72,10 @@ def _to_image(pred_crop_px: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def infer_capture(model, capture_ref: str | os.PathLike, frames: Optional[Sequence[int]] = None,
                   use_extrinsics: bool = True, reference_view: Optional[str] = None,
                   detector: DetectorParams = DetectorParams(), vertices: bool = False,
-                  overlay_dir: Optional[str | os.PathLike] = None, progress: bool = True) -> InferenceResult:
+                  overlay_dir: Optional[str | os.PathLike] = None, progress: bool = True,
+                  allow_external_paths: bool = False) -> InferenceResult:
     """3D hands of the frames of a capture (directory or ``hanco:<root>#<seq>``)."""
-    capture = open_capture(str(capture_ref))
+    capture = open_capture(str(capture_ref), allow_external_paths)
     names = [c.name for c in capture.cameras]
     ref_index = None
     if reference_view is not None:
@@ -114,8 +116,11 @@ def infer_capture(model, capture_ref: str | os.PathLike, frames: Optional[Sequen
                     draw_skeleton(img, uv[ci])
                     _write_png(Path(overlay_dir) / f"{capture.name}_{fid}_{names[ci]}.png", img)
     if not result.records:
-        raise HamucoError(f"{capture.root}: no hand found in any view of any of the {len(list(frames))} frames "
-                          f"({len(result.skipped)} views skipped, first: {result.skipped[0]['reason'] if result.skipped else '-'})")
+        n = len(list(frames))
+        views = [s for s in result.skipped if s["camera"] != "*"]
+        raise HamucoError(f"{capture.root}: no hand found in any view of any of the {n} frame(s) ({len(views)} of "
+                          f"{n * capture.num_views} views skipped; first reason: "
+                          f"{views[0]['reason'] if views else '-'})")
     return result
 
 
@@ -137,9 +142,10 @@ def _frames_of(path: Path) -> Iterable[tuple[str, np.ndarray]]:
         if n == 0:
             raise HamucoError(f"{path}: the video has no readable frame")
         return
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None or img.size == 0:
-        raise HamucoError(f"{path}: not a readable image")
+    try:
+        img = decode_image(path)
+    except CaptureError as exc:
+        raise HamucoError(f"{path}: not a readable image ({exc.reason})") from None
     yield "", img
 
 
@@ -217,35 +223,25 @@ def write_predictions(result: InferenceResult, path: str | os.PathLike, provenan
     if path.suffix not in (".h5", ".hdf5"):
         raise HamucoError(f"{path}: choose a .json or .h5 output")
     import h5py
-    import tempfile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = "hamuco-predictions"
-            f.attrs["provenance"] = json.dumps(provenance)
-            f.attrs["skipped"] = json.dumps(result.skipped)
-            recs = result.records
-            str_dt = h5py.string_dtype()
-            f.create_dataset("source", data=np.array([r.source for r in recs], dtype=object), dtype=str_dt)
-            f.create_dataset("frame", data=np.array([r.frame for r in recs], dtype=object), dtype=str_dt)
-            f.create_dataset("coordinate_frame", data=np.array([r.prediction.coordinate_frame for r in recs], dtype=object),
-                             dtype=str_dt)
-            f.create_dataset("handedness", data=np.array([r.handedness for r in recs], dtype=object), dtype=str_dt)
-            f.create_dataset("joints", data=np.stack([r.prediction.joints for r in recs]).astype(np.float32))
-            f.create_dataset("joints_2d_image", data=np.stack([r.joints_2d_image for r in recs]).astype(np.float32))
-            f.create_dataset("boxes", data=np.stack([r.boxes for r in recs]).astype(np.float32))
-            for name in ("view_joints", "pose", "shape", "camera", "view_mask"):
-                f.create_dataset(name, data=np.stack([getattr(r.prediction, name) for r in recs]))
-            if recs[0].prediction.vertices is not None:
-                f.create_dataset("vertices", data=np.stack([r.prediction.vertices for r in recs]).astype(np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = "hamuco-predictions"
+        f.attrs["provenance"] = json.dumps(provenance)
+        f.attrs["skipped"] = json.dumps(result.skipped)
+        recs = result.records
+        str_dt = h5py.string_dtype()
+        f.create_dataset("source", data=np.array([r.source for r in recs], dtype=object), dtype=str_dt)
+        f.create_dataset("frame", data=np.array([r.frame for r in recs], dtype=object), dtype=str_dt)
+        f.create_dataset("coordinate_frame", data=np.array([r.prediction.coordinate_frame for r in recs], dtype=object),
+                         dtype=str_dt)
+        f.create_dataset("handedness", data=np.array([r.handedness for r in recs], dtype=object), dtype=str_dt)
+        f.create_dataset("joints", data=np.stack([r.prediction.joints for r in recs]).astype(np.float32))
+        f.create_dataset("joints_2d_image", data=np.stack([r.joints_2d_image for r in recs]).astype(np.float32))
+        f.create_dataset("boxes", data=np.stack([r.boxes for r in recs]).astype(np.float32))
+        for name in ("view_joints", "pose", "shape", "camera", "view_mask"):
+            f.create_dataset(name, data=np.stack([getattr(r.prediction, name) for r in recs]))
+        if recs[0].prediction.vertices is not None:
+            f.create_dataset("vertices", data=np.stack([r.prediction.vertices for r in recs]).astype(np.float32))
     return path
 
 

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from model.atomic import remove_stale_temporaries  # noqa: F401  (tasks use it)
 from model.errors import HamucoError
 
 from .capture import Capture, CaptureError, atomic_write_bytes, load_capture
@@ -32,7 +33,7 @@ HANCO_PREFIX = "hanco:"
 
 # ----------------------------------------------------------------------------- captures
 
-def open_capture(ref: str) -> Capture:
+def open_capture(ref: str, allow_external_paths: bool = False) -> Capture:
     """A capture from a reference: a capture directory, or ``hanco:<root>#<sequence>``."""
     if ref.startswith(HANCO_PREFIX):
         from .hanco import read_hanco_sequence
@@ -41,7 +42,7 @@ def open_capture(ref: str) -> Capture:
         if not root or not seq:
             raise HamucoError(f"{ref}: a HanCo capture is written hanco:<root>#<sequence>, e.g. hanco:/data/HanCo#0001")
         return read_hanco_sequence(root, seq)
-    return load_capture(ref)
+    return load_capture(ref, allow_external_paths)
 
 
 _HASH_CACHE: dict = {}
@@ -116,15 +117,6 @@ def append_run_log(out_dir: Path, task: str, output: Path) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
-
-
-def remove_stale_temporaries(path: Path) -> int:
-    """Delete temporary files a killed writer of ``path`` left behind (``.<name>.*.tmp``)."""
-    n = 0
-    for tmp in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
-        n += 1
-    return n
 
 
 def write_json(path: Path, obj) -> None:

@@ -36,10 +36,10 @@ Root attributes: ``schema`` = ``"hamuco-shard"``, ``schema_version`` = 1, ``crea
 ``capture_hash``, ``crop_size``, ``num_views``, ``handedness``, ``provenance`` (JSON, any extra
 provenance) and ``num_samples`` (written last, at close; a consistency check for :func:`verify_shard`).
 
-Writing is atomic: :class:`ShardWriter` writes to ``.<name>.<random>.tmp`` in the target's directory,
+Writing is atomic: :class:`ShardWriter` writes to ``.<name>.<host>.<pid>.<random>.tmp`` (``model.atomic``) in the target's directory,
 then closes, fsyncs and renames it onto the final path; an exception inside the ``with`` block removes
 the temporary file, so a file at the final path is always complete. (A process killed with SIGKILL can
-leave a stale ``.<name>.*.tmp`` behind, never a file at the final path.) Writing the same inputs twice
+leave a stale temporary behind, never a file at the final path; the next writer of that shard removes it.) Writing the same inputs twice
 gives identical datasets and identical attributes except ``created``.
 
 Reading is fork/worker friendly: :class:`ShardReader` stores the path and opens the HDF5 file lazily per
@@ -73,7 +73,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,6 +81,7 @@ from typing import Any, Iterator, Optional, Sequence
 import h5py
 import numpy as np
 
+from model.atomic import commit, fault_point, new_temporary
 from model.errors import HamucoError
 
 SHARD_SCHEMA = "hamuco-shard"
@@ -188,19 +188,6 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # ----------------------------------------------------------------------------- writer
 
 class ShardWriter:
@@ -280,12 +267,9 @@ class ShardWriter:
         if self._h5 is not None:
             raise RuntimeError("ShardWriter is already open")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            os.close(fd)
+            self._tmp = new_temporary(self.path)
         except OSError as exc:
             raise ShardError(f"{self.path}: cannot create the shard: {exc.strerror or exc}") from None
-        self._tmp = Path(tmp)
         try:
             self._h5 = h5py.File(self._tmp, "w")
             self._create_datasets()
@@ -334,6 +318,7 @@ class ShardWriter:
         self._count += 1
         if len(self._buffer) >= self.group:
             self._flush()
+        fault_point("shard-sample", self.path.name)
 
     def __len__(self) -> int:
         return self._count
@@ -415,14 +400,8 @@ class ShardWriter:
         a["num_samples"] = np.int64(self._written)  # last: a shard without it was never finished
         self._h5 = None
         f.close()
-        fd = os.open(self._tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self._tmp, self.path)
+        commit(self._tmp, self.path)  # fsync, rename, fsync the directory
         self._tmp = None
-        _fsync_dir(self.path.parent)
 
     def _abort(self) -> None:
         self._buffer.clear()

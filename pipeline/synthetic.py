@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,6 +21,7 @@ import torch
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from model.atomic import atomic_path
 from model.errors import HamucoError
 from model.geometry import axis_angle_to_matrix, look_at, normalize
 from model.hand_model import MIRROR, ROOT_JOINT, HandModel, mirror_axis_angle
@@ -316,9 +316,13 @@ def generate_capture(out: str | os.PathLike, cfg: SynthConfig = DEMO_CONFIG, ove
     if out.exists() and not overwrite:
         raise HamucoError(f"{out}: already exists (pass --overwrite to replace it)")
     scene = build_scene(cfg)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    with atomic_path(out, directory=True) as tmp:  # a temporary directory, renamed onto out when complete
+        capture = _write_capture(tmp, out.name, scene, cfg, workers, progress)
+    capture.root = out
+    return capture
+
+
+def _write_capture(tmp: Path, name: str, scene, cfg: SynthConfig, workers: int, progress: bool) -> Capture:
     for cam in scene.cameras:
         (tmp / "images" / cam.name).mkdir(parents=True, exist_ok=True)
         (tmp / "masks" / cam.name).mkdir(parents=True, exist_ok=True)
@@ -350,14 +354,10 @@ def generate_capture(out: str | os.PathLike, cfg: SynthConfig = DEMO_CONFIG, ove
     capture = Capture(root=tmp, cameras=scene.cameras, frame_ids=[f"{i:06d}" for i in range(F)],
                       handedness=cfg.handedness, ground_truth_file=GROUND_TRUTH_FILE,
                       masks="masks/{camera}/{frame}.png",
-                      metadata={"name": out.name, "generator": "hamuco synth", "code_version": code_version(),
+                      metadata={"name": name, "generator": "hamuco synth", "code_version": code_version(),
                                 "config": asdict(cfg), "hand_model": hand_name,
                                 "hand_model_sha256": scene.hand_model_sha256})
     write_capture_json(capture)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    capture.root = out
     return capture
 
 

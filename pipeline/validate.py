@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .capture import IMAGE_SUFFIXES, Capture, CaptureError, GroundTruth, Problem, parse_capture
+from .capture import IMAGE_SUFFIXES, Capture, CaptureError, GroundTruth, Problem, decode_image, parse_capture, scan_video
 
 
 @dataclass
@@ -55,10 +55,10 @@ def _check_image(path: Path, camera, frame: str, problems: list[Problem]) -> Non
         problems.append(Problem("error", "image_empty", "image file is empty (0 bytes)", str(path), frame,
                                 camera.name))
         return
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        problems.append(Problem("error", "image_unreadable", "image cannot be decoded", str(path), frame,
-                                camera.name))
+    try:
+        img = decode_image(path, cv2.IMREAD_UNCHANGED)
+    except CaptureError as exc:
+        problems.append(Problem("error", "image_unreadable", exc.reason, str(path), frame, camera.name))
         return
     h, w = img.shape[:2]
     if (w, h) != (camera.width, camera.height):
@@ -73,32 +73,36 @@ def _check_video(capture: Capture, cam_index: int, problems: list[Problem]) -> i
     if not path.is_file():
         problems.append(Problem("error", "video_missing", "video file is missing", str(path), camera=camera.name))
         return 0
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    try:
-        while True:
+    scan = scan_video(path)
+    n = scan.decoded
+    if n:
+        cap = cv2.VideoCapture(str(path))
+        try:
             ok, img = cap.read()
-            if not ok:
-                break
-            h, w = img.shape[:2]
-            if n == 0 and (w, h) != (camera.width, camera.height):
-                problems.append(Problem("error", "image_size_mismatch",
-                                        f"video frames are {w}x{h} but the calibration says "
-                                        f"{camera.width}x{camera.height}", str(path), capture.frame_ids[0],
-                                        camera.name))
-            n += 1
-    finally:
-        cap.release()
-    if n == 0:
-        problems.append(Problem("error", "video_unreadable", "no frame of the video can be decoded", str(path),
-                                camera=camera.name))
-    elif n < capture.num_frames:
-        for fid in capture.frame_ids[n:]:
-            problems.append(Problem("error", "frame_missing", f"the video has only {n} frames", str(path), fid,
+        finally:
+            cap.release()
+        h, w = img.shape[:2] if ok else (camera.height, camera.width)
+        if (w, h) != (camera.width, camera.height):
+            problems.append(Problem("error", "image_size_mismatch",
+                                    f"video frames are {w}x{h} but the calibration says "
+                                    f"{camera.width}x{camera.height}", str(path), capture.frame_ids[0],
                                     camera.name))
+    if n == 0:
+        problems.append(Problem("error", "video_unreadable", "no frame of the video can be decoded (truncated "
+                                "or corrupt file)", str(path), camera=camera.name))
+    elif n < capture.num_frames:
+        why = (f"the video declares {scan.declared} frames but only {n} decode (truncated or corrupt)"
+               if scan.declared > n else f"the video has only {n} frames")
+        for fid in capture.frame_ids[n:]:
+            problems.append(Problem("error", "frame_missing" if scan.declared <= n else "video_frame_unreadable",
+                                    why, str(path), fid, camera.name))
     elif n > capture.num_frames:
         problems.append(Problem("warning", "frame_extra", f"the video has {n - capture.num_frames} frames more "
                                 f"than the {capture.num_frames} listed", str(path), camera=camera.name))
+    for index, message in sorted(scan.damaged.items()):
+        if index < capture.num_frames:
+            problems.append(Problem("error", "video_frame_damaged", f"frame decodes with errors ({message})",
+                                    str(path), capture.frame_ids[index], camera.name))
     return min(n, capture.num_frames)
 
 
@@ -146,12 +150,12 @@ def _check_ground_truth(capture: Capture, problems: list[Problem]) -> None:
 
 
 def validate_capture(source: str | os.PathLike | Capture, check_images: bool = True,
-                     progress: bool = False) -> ValidationReport:
+                     progress: bool = False, allow_external_paths: bool = False) -> ValidationReport:
     """Check a capture directory (format v1) or an already opened :class:`Capture`."""
     if isinstance(source, Capture):
         capture, problems = source, []
     else:
-        capture, problems = parse_capture(source)
+        capture, problems = parse_capture(source, allow_external_paths)
     report = ValidationReport(capture=str(capture.root if capture else source), problems=problems)
     if capture is None:
         return report
@@ -177,6 +181,16 @@ def validate_capture(source: str | os.PathLike | Capture, check_images: bool = T
         bar.close()
     _check_ground_truth(capture, problems)
     return report
+
+
+PER_VIEW_CODES = {"frame_missing", "image_empty", "image_unreadable", "image_size_mismatch", "video_missing",
+                  "video_unreadable", "video_frame_unreadable", "video_frame_damaged"}
+
+
+def capture_level_errors(report: ValidationReport) -> list[Problem]:
+    """The errors that stop data preparation: everything but problems of single views (missing,
+    unreadable, truncated or mis-sized images and video frames), which are quarantined instead."""
+    return [p for p in report.errors if p.code not in PER_VIEW_CODES]
 
 
 def report_json(report: ValidationReport) -> str:

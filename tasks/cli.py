@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -40,7 +39,8 @@ def _validate(args: argparse.Namespace) -> int:
         from pipeline.hanco import read_hanco_sequence
 
         source = read_hanco_sequence(args.capture, args.hanco_sequence)
-    report = validate_capture(source, check_images=not args.no_images, progress=not args.quiet)
+    report = validate_capture(source, check_images=not args.no_images, progress=not args.quiet,
+                              allow_external_paths=args.allow_external_paths)
     print(report_json(report) if args.json else report.format())
     return 0 if report.ok else EXIT_INVALID
 
@@ -54,37 +54,12 @@ def _prepare_mano(args: argparse.Namespace) -> int:
     return 0
 
 
-class _UserErrorFilter(logging.Filter):
-    """Luigi logs a failed task with its traceback; for a HamucoError the message is enough."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], HamucoError):
-            record.msg = f"{record.getMessage()}: {record.exc_info[1]}"
-            record.args, record.exc_info, record.exc_text = (), None, None
-        return True
-
-
-def _run_luigi(tasks: list, workers: int = 1, scheduler_host: str | None = None,
+def _run_luigi(args: argparse.Namespace, tasks: list, workers: int = 1, scheduler_host: str | None = None,
                scheduler_port: int = 8082) -> bool:
-    import luigi
+    from tasks.runner import run_tasks
 
-    failures: list[str] = []
-
-    @luigi.Task.event_handler(luigi.Event.FAILURE)
-    def _record(task, exc):  # noqa: ANN001
-        failures.append(f"{task.task_family}: {exc}")
-
-    for name in ("luigi-interface", "luigi"):
-        logging.getLogger(name).addFilter(_UserErrorFilter())
-    kwargs = {"workers": workers, "log_level": "WARNING"}
-    if scheduler_host:
-        kwargs.update(scheduler_host=scheduler_host, scheduler_port=scheduler_port)
-    else:
-        kwargs["local_scheduler"] = True
-    ok = luigi.build(tasks, **kwargs)
-    for f in dict.fromkeys(failures):
-        print(f"failed: {f}", file=sys.stderr)
-    return ok
+    return run_tasks(tasks, workers, scheduler_host, scheduler_port, verbose=getattr(args, "verbose", False),
+                     prefix=f"hamuco {args.command}").ok
 
 
 def _print_dataset(index_path: str) -> None:
@@ -111,8 +86,22 @@ def _prepare(args: argparse.Namespace) -> int:
     from pipeline.prepare import open_capture
     from tasks.prepare import PrepareDataset
 
-    for ref in args.captures:  # clear errors before any task starts
-        open_capture(ref)
+    from tasks.base import check_output_dir
+
+    params = {"captures": list(args.captures), "out": args.out, "labeler": args.labeler,
+              "allow_external_paths": args.allow_external_paths}
+    for name in ("frames_per_shard", "crop_size", "noise_sigma_px", "noise_outlier_rate", "noise_confidence"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    task = PrepareDataset(**params)  # parameters out of range are refused here, before any work
+    check_output_dir(args.out)
+    from pipeline.validate import capture_level_errors, validate_capture
+
+    for ref in args.captures:  # clear errors before any task starts (images are checked, and quarantined, later)
+        fatal = capture_level_errors(validate_capture(open_capture(ref, allow_external_paths=args.allow_external_paths),
+                                                      check_images=False))
+        if fatal:
+            raise HamucoError(f"{ref}: invalid capture:\n  " + "\n  ".join(str(p) for p in fatal))
     if args.weights:  # the OpenPose weights file: same as [OpenPoseLabeler] weights_path in luigi.cfg
         import luigi
 
@@ -125,35 +114,31 @@ def _prepare(args: argparse.Namespace) -> int:
             cfg.add_section("OpenPoseLabeler")
         cfg.set("OpenPoseLabeler", "weights_path", str(Path(args.weights).resolve()))
         OpenPoseLabeler.clear_instance_cache()
-    params = {"captures": list(args.captures), "out": args.out, "labeler": args.labeler}
-    if args.frames_per_shard:
-        params["frames_per_shard"] = args.frames_per_shard
-    for name in ("noise_sigma_px", "noise_outlier_rate", "noise_confidence"):
-        if getattr(args, name) is not None:
-            params[name] = getattr(args, name)
-    task = PrepareDataset(**params)
-    if not _run_luigi([task], args.workers, args.scheduler_host, args.scheduler_port):
+    if not _run_luigi(args, [task], args.workers, args.scheduler_host, args.scheduler_port):
         return EXIT_INVALID
     _print_dataset(task.output().path)
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pipeline.dataset import load_index
+    from pipeline.dataset import check_dataset
+    from tasks.base import check_output_dir
     from tasks.train import TrainModel
 
-    load_index(args.dataset)  # a clear error before any task starts
     params = {"dataset": args.dataset, "out": args.out}
-    for name in ("backbone", "steps", "backbone_weights", "batch_size", "hand_model"):
+    for name in ("backbone", "steps", "backbone_weights", "batch_size", "hand_model", "lr", "seed", "precision",
+                 "checkpoint_every"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
-    task = TrainModel(**params)
+    task = TrainModel(**params)  # parameters out of range are refused here, before any work
+    check_output_dir(args.out)
+    check_dataset(args.dataset, "train")  # a clear error (missing or unreadable shard, no sample) before any task
     if not args.resume and task.run_dir.exists() and not Path(task.output().path).exists():
         import shutil
 
         shutil.rmtree(task.run_dir)  # start over instead of resuming the interrupted run
-    if not _run_luigi([task], workers=1):
+    if not _run_luigi(args, [task], 1, args.scheduler_host, args.scheduler_port):
         return EXIT_INVALID
     run = task.run_dir
     print(f"checkpoint: {task.output().path}")
@@ -162,19 +147,22 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pipeline.dataset import load_index
     from pipeline.evaluate import summary_table
     from tasks.evaluate import EvaluateModel, read_metrics
 
-    load_index(args.dataset)  # clear errors before any task starts
+    task = EvaluateModel(checkpoint=args.checkpoint, dataset=args.dataset, out=args.out, split=args.split,
+                         hand_model=args.hand_model)
+    from pipeline.dataset import check_dataset
+    from tasks.base import check_output_dir
+
+    check_output_dir(args.out)
+    check_dataset(args.dataset, args.split)  # clear errors before any task starts
     if not Path(args.checkpoint).is_file():
         raise HamucoError(f"{args.checkpoint}: checkpoint not found")
     from model.inference import load_model
 
     load_model(args.checkpoint, args.hand_model)  # a checkpoint that does not match fails here, clearly
-    task = EvaluateModel(checkpoint=args.checkpoint, dataset=args.dataset, out=args.out, split=args.split,
-                         hand_model=args.hand_model)
-    if not _run_luigi([task], workers=1):
+    if not _run_luigi(args, [task], 1, args.scheduler_host, args.scheduler_port):
         return EXIT_INVALID
     print(summary_table(read_metrics(task)))
     out = task.output()
@@ -190,14 +178,21 @@ def _infer(args: argparse.Namespace) -> int:
     from pipeline.infer import infer_capture, infer_images, write_predictions
     from pipeline.provenance import code_version
 
+    from tasks.base import check_output_dir
+
+    out = Path(args.out)
+    if out.suffix not in (".json", ".h5", ".hdf5"):
+        raise HamucoError(f"{out}: --out must end in .json or .h5")
+    check_output_dir(out, "--out", file=True)
+    if out.is_dir():
+        raise HamucoError(f"{out}: --out names a directory; give a .json or .h5 file path")
+    if args.capture and args.images:
+        raise HamucoError("give either --capture or images, not both")
     torch.set_num_threads(os.cpu_count() or 1)
     model, info = load_model(args.checkpoint, args.hand_model)
-    out = Path(args.out)
     overlays = out.parent / (out.stem + "_overlays") if args.overlays else None
     if args.capture:
-        if args.images:
-            raise HamucoError("give either --capture or images, not both")
-        result = infer_capture(model, args.capture, use_extrinsics=not args.no_extrinsics,
+        result = infer_capture(model, args.capture, allow_external_paths=args.allow_external_paths, use_extrinsics=not args.no_extrinsics,
                                reference_view=args.reference_view, vertices=args.vertices, overlay_dir=overlays,
                                progress=not args.quiet)
     elif args.images:
@@ -223,15 +218,18 @@ def _reproduce_hanco(args: argparse.Namespace) -> int:
     from pipeline.hanco import list_hanco_sequences
     from tasks.hanco import ReproduceHanCo
 
-    list_hanco_sequences(args.root)  # a clear error for a wrong root before any task starts
+    from tasks.base import check_output_dir
+
     params = {"root": args.root, "out": args.out}
     if args.sequences:
         params["sequences"] = args.sequences
     for name in ("steps", "batch_size", "backbone", "backbone_weights"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
-    task = ReproduceHanCo(**params)
-    if not _run_luigi([task], workers=1):
+    task = ReproduceHanCo(**params)  # parameters out of range are refused here, before any work
+    check_output_dir(args.out)
+    list_hanco_sequences(args.root)  # a clear error for a wrong root before any task starts
+    if not _run_luigi(args, [task], 1, args.scheduler_host, args.scheduler_port):
         return EXIT_INVALID
     result = json.loads(Path(task.output().path).read_text())
     print(summary_table(json.loads(Path(result["metrics"]).read_text())))
@@ -254,8 +252,11 @@ def _demo(args: argparse.Namespace) -> int:
     from pipeline.validate import validate_capture
     from tasks.prepare import Demo
 
+    from tasks.base import check_output_dir
+
+    check_output_dir(args.out)
     task = Demo(out=args.out)
-    if not _run_luigi([task], workers=args.workers):
+    if not _run_luigi(args, [task], args.workers, args.scheduler_host, args.scheduler_port):
         return EXIT_INVALID
     capture_dir = Path(args.out) / "capture"
     print("capture:")
@@ -279,43 +280,69 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _scheduler_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler-host", default=None,
+                   help="central luigid host (default: a local scheduler in this process); workers stay alive "
+                   "while tasks they depend on run elsewhere, and stop at the first failure")
+    p.add_argument("--scheduler-port", type=_int_at_least(1), default=8082)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hamuco", description="Multi-camera 3D hand pose: data "
                                      "preparation and self-supervised training (HaMuCo).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="show library chatter (MediaPipe/TF-Lite, Luigi) and tracebacks of unexpected errors")
 
-    p = sub.add_parser("synth", help="generate a synthetic calibrated multi-camera capture",
+    p = sub.add_parser("synth", parents=[common], help="generate a synthetic calibrated multi-camera capture",
                        description="Render a synthetic multi-camera capture with ground truth in capture "
                        "format v1. One seed gives an identical capture.")
     p.add_argument("out", help="output capture directory (must not exist unless --overwrite)")
-    p.add_argument("--cameras", type=int, default=8, help="number of cameras (default 8)")
-    p.add_argument("--frames", type=int, default=16, help="number of frames (default 16)")
+    p.add_argument("--cameras", type=_int_at_least(1), default=8, help="number of cameras (default 8)")
+    p.add_argument("--frames", type=_int_at_least(1), default=16, help="number of frames (default 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--image-size", type=int, default=256, help="square image size in pixels (default 256)")
+    p.add_argument("--image-size", type=_int_at_least(32), default=256, help="square image size in pixels (default 256)")
     p.add_argument("--rig", choices=("ring", "dome"), default="ring", help="camera arrangement (default ring)")
     p.add_argument("--distance", type=float, default=0.65, help="camera distance in metres (default 0.65)")
     p.add_argument("--hand-model", default=None, metavar="NPZ",
                    help="converted MANO .npz (see prepare-mano); default: the built-in procedural hand")
     p.add_argument("--handedness", choices=("right", "left"), default="right")
-    p.add_argument("--occluders", type=int, default=0, help="number of floating occluders (default 0)")
+    p.add_argument("--occluders", type=_int_at_least(0), default=0, help="number of floating occluders (default 0)")
     p.add_argument("--image-format", choices=("png", "jpg"), default="png")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+    p.add_argument("--workers", type=_int_at_least(1), default=min(2, os.cpu_count() or 1),
                    help="rendering processes (default: up to 2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_synth)
 
-    p = sub.add_parser("validate", help="check a capture and report every problem",
+    p = sub.add_parser("validate", parents=[common], help="check a capture and report every problem",
                        description="Validate a capture: reports every problem at once, each naming file, "
                        "frame and camera. Exits 1 when there are errors (warnings alone exit 0).")
     p.add_argument("capture", help="capture directory (format v1), or a HanCo root with --hanco-sequence")
     p.add_argument("--hanco-sequence", metavar="SEQ", default=None, help="validate HanCo sequence SEQ")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-images", action="store_true", help="check capture.json only, not the image files")
+    p.add_argument("--allow-external-paths", action="store_true",
+                   help="let capture.json name image files outside the capture directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_validate)
 
-    p = sub.add_parser("prepare-mano", help="convert the official MANO pickle into a plain .npz",
+    p = sub.add_parser("prepare-mano", parents=[common], help="convert the official MANO pickle into a plain .npz",
                        description="Convert MANO_RIGHT.pkl (chumpy objects) into an .npz that smplx loads. "
                        "The pickle is read by a restricted unpickler that admits only NumPy, scipy.sparse "
                        "and chumpy arrays. The MANO licence forbids redistribution: keep the output private.")
@@ -323,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .npz path")
     p.set_defaults(func=_prepare_mano)
 
-    p = sub.add_parser("prepare", help="captures → detection, crops, pseudo labels, refinement → HDF5 shards",
+    p = sub.add_parser("prepare", parents=[common], help="captures → detection, crops, pseudo labels, refinement → HDF5 shards",
                        description="Run the data-preparation tasks (Luigi) over captures and print where the "
                        "dataset index is. Re-running with the same inputs does nothing; a different labeler "
                        "or weights file writes a new version beside the old one.")
@@ -337,15 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-confidence", choices=("informative", "uninformative"), default=None,
                    help="noisy-gt: whether confidence reflects the error")
     p.add_argument("--frames-per-shard", type=int, default=None, help="frames per shard (default from luigi.cfg)")
+    p.add_argument("--crop-size", type=int, default=None, help="crop side in pixels (default from luigi.cfg, 256)")
+    p.add_argument("--allow-external-paths", action="store_true",
+                   help="let capture.json name image files outside the capture directory")
     p.add_argument("--weights", default=None, metavar="PTH",
                    help="OpenPose hand_pose_model.pth on disk (else weights_url / the cache, see luigi.cfg)")
-    p.add_argument("--workers", type=int, default=1, help="Luigi worker processes on this machine")
-    p.add_argument("--scheduler-host", default=None,
-                   help="central luigid host (default: a local scheduler in this process)")
-    p.add_argument("--scheduler-port", type=int, default=8082)
+    p.add_argument("--workers", type=_int_at_least(1), default=1, help="Luigi worker processes on this machine")
+    _scheduler_options(p)
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser("train", help="train HaMuCo on prepared shards (self-supervised)",
+    p = sub.add_parser("train", parents=[common], help="train HaMuCo on prepared shards (self-supervised)",
                        description="Run the TrainModel task: HaMuCo on the train split of a dataset index, "
                        "with checkpoints, metrics (JSON lines) and a loss-curve PNG. An interrupted run is "
                        "resumed exactly with --resume.")
@@ -353,13 +381,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="root directory of training runs")
     p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50"), default=None)
     p.add_argument("--backbone-weights", default=None, help="imagenet, none (default) or a file path")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="view groups per step")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000)")
+    p.add_argument("--batch-size", type=int, default=None, help="view groups per step (default 8)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4)")
+    p.add_argument("--seed", type=int, default=None, help="random seed: initialisation, data order, augmentation "
+                   "(default 0; one seed gives identical checkpoints)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="CPU autocast precision (default bf16)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 100)")
     p.add_argument("--hand-model", default=None, help="converted MANO .npz (default: procedural hand)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    _scheduler_options(p)
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="metrics, baselines and an HTML report for a checkpoint",
+    p = sub.add_parser("evaluate", parents=[common], help="metrics, baselines and an HTML report for a checkpoint",
                        description="Run the EvaluateModel task: the three modes (single, interaction, fusion) "
                        "and per view, the pseudo-label and triangulation baselines, as JSON and CSV, and a "
                        "self-contained report.html.")
@@ -368,9 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="root directory of evaluations")
     p.add_argument("--split", choices=("test", "val", "train"), default="test")
     p.add_argument("--hand-model", default=None, help="converted MANO .npz the run was trained with")
+    _scheduler_options(p)
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("infer", help="3D hands from a capture, or from images and videos in the wild",
+    p = sub.add_parser("infer", parents=[common], help="3D hands from a capture, or from images and videos in the wild",
                        description="Run a trained network on new data. A capture (any number of views): the "
                        "fused hand in the world frame when the cameras are calibrated, else in the reference "
                        "view's camera frame. Images/videos: every hand found, each as one view; left hands are "
@@ -385,10 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vertices", action="store_true", help="also write the mesh vertices")
     p.add_argument("--overlays", action="store_true", help="write the predicted skeleton over the inputs (PNG)")
     p.add_argument("--hand-model", default=None, help="converted MANO .npz the run was trained with")
+    p.add_argument("--allow-external-paths", action="store_true",
+                   help="let capture.json name image files outside the capture directory")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_infer)
 
-    p = sub.add_parser("reproduce-hanco", help="the paper's HanCo experiment: prepare, train, evaluate",
+    p = sub.add_parser("reproduce-hanco", parents=[common], help="the paper's HanCo experiment: prepare, train, evaluate",
                        description="Prepare HanCo with its imported HaMuCo pseudo labels, train as the paper "
                        "(settings in configs/hanco-paper.cfg: LUIGI_CONFIG_PATH=configs/hanco-paper.cfg) and "
                        "evaluate on sequences >= 1200.")
@@ -399,22 +436,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50"), default=None)
     p.add_argument("--backbone-weights", default=None, help="imagenet (default), none or a file path")
+    _scheduler_options(p)
     p.set_defaults(func=_reproduce_hanco)
 
     p = sub.add_parser("shards", help="work with HDF5 shards")
     shards_sub = p.add_subparsers(dest="shards_command", required=True, metavar="SUBCOMMAND")
-    q = shards_sub.add_parser("inspect", help="schema version, attributes, sample count, label statistics")
+    q = shards_sub.add_parser("inspect", parents=[common], help="schema version, attributes, sample count, label statistics")
     q.add_argument("file", help="a shard (.h5)")
     q.set_defaults(func=_shards_inspect)
 
-    p = sub.add_parser("demo", help="run the main job on the embedded synthetic capture",
+    p = sub.add_parser("demo", parents=[common], help="run the main job on the embedded synthetic capture",
                        description="Generate the embedded 8-camera synthetic capture, validate it, prepare "
                        "it (detection, crops, MediaPipe labels, refinement, shards, dataset index) and train "
                        "HaMuCo briefly on it. Work already done is not repeated.")
     p.add_argument("--out", default="demo_output", help="output directory (default demo_output)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=_int_at_least(1), default=1, help="Luigi worker processes")
+    _scheduler_options(p)
     p.set_defaults(func=_demo)
     return parser
+
+
+def _os_error_message(exc: OSError) -> str:
+    """One line for an OS error: the path and what is wrong with it, in words."""
+    import errno
+
+    path = exc.filename or ""
+    words = {errno.EEXIST: "a file is in the way (a directory was expected)",
+             errno.ENOTDIR: "a file is in the way (a directory was expected)",
+             errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+             errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
+             errno.ENOENT: "no such file or directory", errno.EISDIR: "is a directory (a file was expected)"}
+    what = words.get(exc.errno, exc.strerror or str(exc))
+    return f"{path}: {what}" if path else what
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,12 +479,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hamuco {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # unwritable output, a file where a directory should be, a full disk
-        print(f"hamuco {args.command}: error: {exc}", file=sys.stderr)
+        print(f"hamuco {args.command}: error: {_os_error_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
 
 
+def _quiet_native_output() -> None:
+    """Send what C/C++ libraries write straight to file descriptor 2 (MediaPipe, TF-Lite, absl,
+    libjpeg) to /dev/null, and give Python's ``sys.stderr`` (our messages, progress bars, Luigi's
+    errors) a duplicate of the real stderr. Worker processes forked later inherit both."""
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = os.fdopen(real, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                               errors="backslashreplace")
+    except OSError:
+        pass
+
+
+def console_main() -> int:
+    """The ``hamuco`` program: quiet unless ``--verbose`` (library chatter off, our messages on)."""
+    import warnings
+
+    if "--verbose" not in sys.argv[1:]:
+        _quiet_native_output()
+        warnings.simplefilter("ignore")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("GLOG_minloglevel", "2")
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -15,13 +15,10 @@ from pathlib import Path
 
 import luigi
 
-from model.inference import load_model
-from pipeline.dataset import load_index
-from pipeline.evaluate import evaluate_split, write_results
 from pipeline.prepare import version_hash
 from pipeline.provenance import code_version, sha256_file
-from pipeline.report import render_report, write_report
 
+from .base import HamucoTask, at_least
 from .train import DatasetIndex
 
 
@@ -34,7 +31,7 @@ class Checkpoint(luigi.ExternalTask):
         return luigi.LocalTarget(self.path)
 
 
-class EvaluateModel(luigi.Task):
+class EvaluateModel(HamucoTask):
     checkpoint = luigi.Parameter(description="training checkpoint (.pt)")
     dataset = luigi.Parameter(description="dataset index (JSON) with ground truth")
     out = luigi.Parameter(description="root directory of evaluations")
@@ -42,6 +39,7 @@ class EvaluateModel(luigi.Task):
     confidence = luigi.ChoiceParameter(choices=["raw", "refined"], default="raw",
                                        description="confidence weighting the triangulation baseline")
     batch_size = luigi.IntParameter(default=4)
+    checks = {"batch_size": at_least(1)}
     hand_model = luigi.OptionalParameter(default=None, description="converted MANO .npz the run was trained with")
 
     def requires(self):
@@ -62,6 +60,11 @@ class EvaluateModel(luigi.Task):
         return Path(self.output()["report"].path).exists()
 
     def run(self):
+        from model.inference import load_model
+        from pipeline.dataset import load_index
+        from pipeline.evaluate import evaluate_split, write_results
+        from pipeline.report import render_report, write_report
+
         index = load_index(self.dataset)
         model, info = load_model(self.checkpoint, self.hand_model)
         ev = evaluate_split(model, self.dataset, split=self.split, confidence=self.confidence,

@@ -19,24 +19,27 @@ import luigi
 from pipeline.hanco import list_hanco_sequences
 from pipeline.prepare import write_json
 
+from .base import HamucoTask, at_least, in_range, positive_finite
 from .evaluate import EvaluateModel
 from .prepare import PrepareDataset
 from .train import TrainModel
 
 
-class ReproduceHanCo(luigi.Task):
+class ReproduceHanCo(HamucoTask):
     root = luigi.Parameter(description="HanCo root (rgb/, calib/, xyz/, rgb_2D_keypoints/ …)")
     out = luigi.Parameter(description="output directory")
     sequences = luigi.ListParameter(default=[], description="sequence ids (default: every sequence under rgb/)")
     crop_size = luigi.IntParameter(default=256)
-    backbone = luigi.Parameter(default="resnet50")
+    backbone = luigi.ChoiceParameter(choices=["resnet18", "resnet34", "resnet50"], default="resnet50")
     backbone_weights = luigi.Parameter(default="imagenet")
     steps = luigi.IntParameter(default=100_000)
     batch_size = luigi.IntParameter(default=8)
     lr = luigi.FloatParameter(default=3e-4)
     use_extrinsics = luigi.BoolParameter(default=False)
-    precision = luigi.Parameter(default="fp32")
+    precision = luigi.ChoiceParameter(choices=["bf16", "fp32"], default="fp32")
     num_workers = luigi.IntParameter(default=4)
+    checks = {"crop_size": in_range(32, 2048), "steps": at_least(1), "batch_size": at_least(1),
+              "lr": positive_finite(), "num_workers": in_range(0, 64)}
 
     def captures(self) -> list[str]:
         seqs = list(self.sequences) or list_hanco_sequences(self.root)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import luigi
 
+from model.atomic import atomic_write_text
 from model.errors import HamucoError
 from pipeline.capture import Capture
 from pipeline.prepare import (DetectorParams, RefineParams, append_run_log, capture_key, detect_frames,
@@ -33,13 +34,14 @@ from pipeline.prepare import (DetectorParams, RefineParams, append_run_log, capt
                               open_capture, quarantine_report, remove_stale_temporaries, shard_frames,
                               split_shards, version_hash, write_json, write_label_shard)
 from pipeline.provenance import code_version
-from pipeline.synthetic import SynthConfig, generate_capture
-from pipeline.validate import validate_capture
+from pipeline.validate import capture_level_errors, validate_capture
+
+from .base import HamucoTask, at_least, in_range, positive_finite
 
 _WEIGHTS_SHA: dict = {}
 
 
-class SyntheticCapture(luigi.Task):
+class SyntheticCapture(HamucoTask):
     """Generate a synthetic capture (the embedded demo default unless told otherwise)."""
 
     dest = luigi.Parameter(description="capture directory to write")
@@ -50,35 +52,45 @@ class SyntheticCapture(luigi.Task):
     rig = luigi.ChoiceParameter(choices=["ring", "dome"], default="ring")
     occluders = luigi.IntParameter(default=0)
     hand_model = luigi.OptionalParameter(default=None)
+    checks = {"cameras": at_least(1), "frames": at_least(1), "image_size": in_range(32, 4096),
+              "occluders": in_range(0, 16)}
 
     def output(self):
         return luigi.LocalTarget(os.path.join(self.dest, "capture.json"))
 
     def run(self):
+        from pipeline.synthetic import SynthConfig, generate_capture
+
         cfg = SynthConfig(cameras=self.cameras, frames=self.frames, seed=self.seed, image_size=self.image_size,
                           rig=self.rig, occluders=self.occluders, hand_model=self.hand_model)
         generate_capture(self.dest, cfg, overwrite=True, workers=min(2, os.cpu_count() or 1))
 
 
-class _CaptureTask(luigi.Task):
+class _CaptureTask(HamucoTask):
     capture = luigi.Parameter(description="capture directory, or hanco:<root>#<sequence>")
     out = luigi.Parameter(description="root directory of prepared outputs")
+    allow_external_paths = luigi.BoolParameter(default=False, significant=False,
+                                               description="let capture.json name files outside the capture "
+                                               "directory (absolute paths, '..')")
 
     @cached_property
     def capture_obj(self) -> Capture:
-        return open_capture(self.capture)
+        return open_capture(self.capture, allow_external_paths=self.allow_external_paths)
 
     @property
     def capture_dir(self) -> Path:
         return Path(self.out) / capture_key(self.capture_obj)
 
 
-class _DetectParams(luigi.Task):
+class _DetectParams(HamucoTask):
     frames_per_shard = luigi.IntParameter(default=64, description="frames per shard (the unit of parallel work)")
     max_num_hands = luigi.IntParameter(default=2)
     min_detection_confidence = luigi.FloatParameter(default=0.5)
     model_complexity = luigi.IntParameter(default=1)
     margin = luigi.FloatParameter(default=0.3, description="box margin around the landmarks, per side")
+    checks = {"frames_per_shard": at_least(1), "max_num_hands": in_range(1, 8),
+              "min_detection_confidence": in_range(0, 1), "model_complexity": in_range(0, 1),
+              "margin": in_range(0, 4)}
 
     @property
     def detector_params(self) -> DetectorParams:
@@ -101,7 +113,7 @@ class OpenPoseLabeler(luigi.Config):
     weights_file_name = luigi.Parameter(default="hand_pose_model.pth", description="file name in the cache")
 
 
-class _LabelParams(luigi.Task):
+class _LabelParams(HamucoTask):
     labeler = luigi.ChoiceParameter(choices=["mediapipe", "openpose", "imported", "noisy-gt"], default="mediapipe")
     crop_size = luigi.IntParameter(default=256)
     refine_threshold_px = luigi.FloatParameter(default=15.0)
@@ -109,6 +121,8 @@ class _LabelParams(luigi.Task):
     noise_outlier_rate = luigi.FloatParameter(default=0.0, description="noisy-gt labeler: fraction of outliers")
     noise_confidence = luigi.ChoiceParameter(choices=["informative", "uninformative"], default="informative",
                                              description="noisy-gt labeler: does confidence reflect the error")
+    checks = {"crop_size": in_range(32, 2048), "refine_threshold_px": positive_finite(),
+              "noise_sigma_px": in_range(0, 1e4), "noise_outlier_rate": in_range(0, 1)}
 
     @property
     def noise(self) -> dict:
@@ -158,6 +172,9 @@ class ValidateCapture(_CaptureTask):
 
     def run(self):
         report = validate_capture(self.capture_obj)
+        fatal = capture_level_errors(report)
+        if fatal:
+            raise HamucoError(f"{self.capture}: invalid capture:\n  " + "\n  ".join(str(p) for p in fatal))
         write_json(Path(self.output().path), report.to_dict())
 
 
@@ -245,8 +262,7 @@ class CaptureReport(_CaptureTask, _DetectParams, _LabelParams):
         report = quarantine_report(self.capture_obj, entries, self.capture_obj.num_frames * self.capture_obj.num_views)
         out = self.output()
         write_json(Path(out["report"].path), report)
-        Path(out["table"].path + ".tmp").write_text(format_quarantine(report, limit=10_000) + "\n")
-        os.replace(out["table"].path + ".tmp", out["table"].path)
+        atomic_write_text(out["table"].path, format_quarantine(report, limit=10_000) + "\n")
         write_json(Path(out["shards"].path), shards)
 
 
@@ -258,6 +274,17 @@ class PrepareDataset(_DetectParams, _LabelParams):
     split_by = luigi.ChoiceParameter(choices=["capture", "frame", "hanco"], default="frame")
     val_fraction = luigi.FloatParameter(default=0.1)
     test_fraction = luigi.FloatParameter(default=0.1)
+    allow_external_paths = luigi.BoolParameter(default=False, significant=False,
+                                               description="let capture.json name files outside the capture "
+                                               "directory (absolute paths, '..')")
+    checks = {"val_fraction": in_range(0, 1, high_open=True), "test_fraction": in_range(0, 1, high_open=True),
+              "captures": (lambda v: len(v) > 0, "a non-empty list of captures")}
+
+    def check_parameters(self) -> None:
+        super().check_parameters()
+        if self.val_fraction + self.test_fraction >= 1:
+            raise HamucoError(f"{self.task_family}: val_fraction + test_fraction must be below 1 (nothing would be "
+                              f"left to train on), got {self.val_fraction} + {self.test_fraction}")
 
     def requires(self):
         return [self.clone(CaptureReport, capture=c) for c in self.captures]
@@ -284,13 +311,14 @@ class PrepareDataset(_DetectParams, _LabelParams):
         write_json(Path(self.output().path), index)
 
 
-class Demo(luigi.Task):
+class Demo(HamucoTask):
     """The main job on the embedded synthetic capture: generate, prepare, train briefly, evaluate, report."""
 
     out = luigi.Parameter(default="demo_output")
     frames_per_shard = luigi.IntParameter(default=3)
     train_steps = luigi.IntParameter(default=200)
-    backbone = luigi.Parameter(default="resnet18")
+    backbone = luigi.ChoiceParameter(choices=["resnet18", "resnet34", "resnet50"], default="resnet18")
+    checks = {"frames_per_shard": at_least(1), "train_steps": at_least(1)}
 
     def requires(self):
         return SyntheticCapture(dest=os.path.join(self.out, "capture"))

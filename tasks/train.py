@@ -15,13 +15,10 @@ from pathlib import Path
 
 import luigi
 
-from model.hamuco import HaMuCo
-from model.losses import LossWeights
-from model.objective import HaMuCoObjective
-from model.trainer import CHECKPOINT_FINAL, TrainConfig, Trainer
-from pipeline.dataset import Augmentation, ShardDataset, load_index
 from pipeline.prepare import version_hash
 from pipeline.provenance import code_version
+
+from .base import HamucoTask, at_least, in_range, optional, positive_finite
 
 
 class DatasetIndex(luigi.ExternalTask):
@@ -33,7 +30,7 @@ class DatasetIndex(luigi.ExternalTask):
         return luigi.LocalTarget(self.path)
 
 
-class TrainModel(luigi.Task):
+class TrainModel(HamucoTask):
     dataset = luigi.Parameter(description="dataset index (JSON) from PrepareDataset")
     out = luigi.Parameter(description="root directory of training runs")
     backbone = luigi.ChoiceParameter(choices=["resnet18", "resnet34", "resnet50"], default="resnet50")
@@ -55,6 +52,10 @@ class TrainModel(luigi.Task):
     consistency_weight = luigi.FloatParameter(default=1.0, description="weight of the multi-view consistency loss")
     alpha = luigi.FloatParameter(default=0.01, description="pose prior weight (seed B.4)")
     gamma = luigi.FloatParameter(default=100.0, description="shape prior weight (seed B.4)")
+    checks = {"steps": at_least(1), "batch_size": at_least(1), "lr": positive_finite(),
+              "weight_decay": in_range(0, 10), "checkpoint_every": at_least(1), "seed": in_range(0, 2**32 - 1),
+              "num_workers": in_range(0, 64), "weak_view": optional(at_least(0)),
+              "consistency_weight": in_range(0, 1e6), "alpha": in_range(0, 1e6), "gamma": in_range(0, 1e6)}
 
     def requires(self):
         return DatasetIndex(path=self.dataset)
@@ -70,10 +71,21 @@ class TrainModel(luigi.Task):
         return Path(self.out) / f"train-{self.backbone}-{version_hash(params, digest)}"
 
     def output(self):
+        from model.trainer import CHECKPOINT_FINAL
+
         return luigi.LocalTarget(str(self.run_dir / CHECKPOINT_FINAL))
 
     def run(self):
+        import torch
+
+        from model.hamuco import HaMuCo
+        from model.losses import LossWeights
+        from model.objective import HaMuCoObjective
+        from model.trainer import TrainConfig, Trainer
+        from pipeline.dataset import Augmentation, ShardDataset, load_index
+
         index = load_index(self.dataset)
+        torch.manual_seed(self.seed)  # the network's initialisation is part of the run: same seed, same bits
         data = ShardDataset(self.dataset, split="train", confidence=self.confidence, augmentation=Augmentation(),
                             seed=self.seed)
         size = int(index["crop_size"])

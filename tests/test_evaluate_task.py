@@ -143,7 +143,7 @@ def test_checkpoint_that_does_not_match_the_model(trained, tmp_path):
     with pytest.raises(HamucoError, match="does not match"):
         load_model(tmp_path / "wrong.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(HamucoError, match="not a readable checkpoint"):
+    with pytest.raises(HamucoError, match="junk.pt: cannot load the checkpoint: not a PyTorch file"):
         load_model(tmp_path / "junk.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
     with pytest.raises(HamucoError, match="not a HaMuCo training checkpoint"):

@@ -1,14 +1,8 @@
 """Data-preparation tasks with Luigi's real scheduler: completeness, versions, quarantine,
 kills mid-write, luigid with two workers, HanCo import."""
 import json
-import os
-import random
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -150,85 +144,26 @@ def test_nan_calibration_is_a_clear_error(capture_dir, tmp_path, capsys):
     assert "capture.json" in err and "cam02" in err and "NaN" in err and "Traceback" not in err
 
 
-def _luigi_cmd(capture, out, *extra):
-    return [sys.executable, "-m", "luigi", "--module", "tasks", "PrepareDataset", "--captures",
-            json.dumps([str(capture)]), "--out", str(out), "--frames-per-shard", "1", *extra]
-
-
-def test_kill_during_shard_writing_never_leaves_a_complete_looking_output(capture_dir, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-    def start(out):
-        return subprocess.Popen(_luigi_cmd(capture_dir, out, "--local-scheduler"), cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-    t0 = time.perf_counter()
-    assert start(tmp_path / "reference").wait(timeout=300) == 0
-    full = time.perf_counter() - t0  # a whole run, interpreter start-up included
-    rng = random.Random(0)
-    killed, last = 0, None
-    for trial in range(25):
-        last = tmp_path / f"trial{trial}"
-        proc = start(last)
-        time.sleep(rng.uniform(0.5 * full, full))
-        if proc.poll() is not None:
-            continue  # finished before the kill: not a trial
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        killed += 1
-        for h5 in last.rglob("*.h5"):
-            verify_shard(h5)  # anything at a final path is complete
-        for js in last.rglob("*.json"):
-            json.loads(js.read_text())
-        if killed == 10:
-            break
-    assert killed == 10
-    task = PrepareDataset(captures=[str(capture_dir)], out=str(last), frames_per_shard=1)
-    assert build(task)  # the rerun completes what the killed run left
-    index = json.loads(Path(task.output().path).read_text())
-    assert len(index["shards"]) == 4
-    for s in index["shards"]:
-        verify_shard(s["path"], deep=True)
-    assert not [p for p in last.rglob("*") if p.name.endswith(".tmp")]  # stale temporaries cleaned up
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_luigid_with_two_workers_writes_each_shard_once(tmp_path):
+    """Two hamuco prepare commands (as on two machines) share one luigid: each shard is written once,
+    and both commands end with status 0 (a worker with nothing left waits for the other's shards)."""
+    from tests.helpers import HAMUCO, Luigid, clean_env
+
     # enough shards (12 frames, one per shard) that both workers find work
     capture_dir = generate_capture(tmp_path / "cap", replace(CFG, cameras=6, frames=12), progress=False).root
-    port = free_port()
-    luigid = shutil.which("luigid", path=str(Path(sys.executable).parent)) or "luigid"
-    daemon = subprocess.Popen([luigid, "--address", "127.0.0.1", "--port", str(port), "--logdir", str(tmp_path),
-                               "--state-path", str(tmp_path / "state.pickle")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        out = tmp_path / "out"
-        cmd = _luigi_cmd(capture_dir, out, "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port),
-                         "--workers", "1", "--no-lock")  # two identical commands on one machine
+    out = tmp_path / "out"
+    with Luigid(tmp_path / "luigid") as daemon:
+        cmd = [HAMUCO, "prepare", str(capture_dir), "--out", str(out), "--frames-per-shard", "1", *daemon.options]
         logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]  # files: a full pipe would stall a worker
-        workers = [subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT) for log in logs]
+        workers = [subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
+                   for log in logs]
         for w in workers:
             w.wait(timeout=600)
         for log in logs:
             log.close()
-        logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
-        assert all(w.returncode == 0 for w in workers), [log[-3000:] for log in logs]
-        assert all("Done scheduling tasks" in log for log in logs)  # both worked against luigid
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert all(w.returncode == 0 for w in workers), [log[-3000:] for log in logs]
+    assert all("dataset index:" in log for log in logs)  # both saw the dataset finished
     shards = [r["output"] for r in runs(out) if r["task"] == "LabelShard"]
     assert len(shards) == 12 and len(set(shards)) == 12  # each shard written exactly once
     detections = [r["output"] for r in runs(out) if r["task"] == "DetectHands"]

@@ -134,7 +134,10 @@ def test_cli_synth_help_and_errors(tmp_path, capsys):
     assert "cameras          2" in capsys.readouterr().out
     assert main(["synth", str(out), "--cameras", "2", "--frames", "1", "--quiet"]) == 2  # exists
     assert "already exists" in capsys.readouterr().err
-    assert main(["synth", str(tmp_path / "d"), "--cameras", "0", "--quiet"]) == 2
+    with pytest.raises(SystemExit) as exc:  # refused by the option's type, before anything runs
+        main(["synth", str(tmp_path / "d"), "--cameras", "0", "--quiet"])
+    assert exc.value.code == 2 and "--cameras: must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["synth", str(tmp_path / "d"), "--cameras", "65", "--quiet"]) == 2
     assert "cameras must be between 1 and 64" in capsys.readouterr().err
     assert main(["synth", str(tmp_path / "e"), "--hand-model", str(tmp_path / "no.npz"), "--quiet"]) == 2
     err = capsys.readouterr().err

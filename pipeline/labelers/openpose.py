@@ -61,9 +61,7 @@ crop at the 4 default scales is 7.5 × a 368² pass, ~3.4 s on 2 CPU cores, batc
 from __future__ import annotations
 
 import os
-import pickle
 import urllib.error
-import zipfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -76,6 +74,7 @@ from torch import nn
 from tqdm import tqdm
 
 from model.errors import HamucoError
+from model.safe_load import describe_load_error
 
 from ..provenance import sha256_file
 
@@ -203,9 +202,9 @@ def _check_sha256(file: Path, expected: Optional[str]) -> str:
 def _torch_load(file: Path) -> object:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as e:
-        raise WeightsError(f"cannot read OpenPose hand weights {file}: {e}. "
-                           f"Expected a PyTorch state dict such as the published {DEFAULT_FILE_NAME}.") from e
+    except Exception as e:
+        raise WeightsError(f"cannot read OpenPose hand weights {file}: {describe_load_error(e)}. "
+                           f"Expected a PyTorch state dict such as the published {DEFAULT_FILE_NAME}.") from None
 
 
 def _download_error(url: str, file_name: str, cache: Path, err: BaseException) -> WeightsError:
@@ -288,11 +287,11 @@ def load_openpose_weights(path: Optional[str | os.PathLike] = None, url: str = D
                 map_location="cpu", weights_only=True, progress=progress)
         except (urllib.error.URLError, OSError, ValueError) as e:  # HTTPError ⊂ URLError ⊂ OSError
             if cache.is_file():  # the file was there (or arrived) but is unreadable
-                raise WeightsError(f"cannot read OpenPose hand weights {cache}: {e}") from e
+                raise WeightsError(f"cannot read OpenPose hand weights {cache}: {describe_load_error(e)}") from None
             raise _download_error(url, file_name, cache, e) from e
-        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, AttributeError) as e:
-            raise WeightsError(f"cannot read OpenPose hand weights {cache}: {e}. Delete the file to "
-                               f"download it again, or provide weights_path.") from e
+        except Exception as e:
+            raise WeightsError(f"cannot read OpenPose hand weights {cache}: {describe_load_error(e)}. Delete the "
+                               f"file to download it again, or provide weights_path.") from None
         if not cache.is_file():  # should not happen: torch.hub writes exactly there
             raise WeightsError(f"OpenPose hand weights were loaded from {url} but {cache} is not there.")
         if digest is None:  # downloaded just now
