@@ -45,7 +45,7 @@ from pipeline.synthetic import DEMO_CONFIG, generate_capture  # noqa: E402
 from tests.helpers import HAMUCO, REPO, Luigid, clean_env, same_arrays, shard_arrays, temporaries  # noqa: E402
 
 TIMEOUT = 600  # a command still running after this is a hang
-PREPARE_POINTS = ["shard-sample:shard-00001", "before-rename:shard-00002.h5", "task-done:LabelShard@2",
+PREPARE_POINTS = ["shard-sample:shard-00001", "before-rename:shard-00002.h5", "task-done:LabelShard",
                   "mid-write:quarantine.json", "mid-write:shard-00003.json", "before-rename:dataset-",
                   "shard-sample:shard-00004", "before-rename:shards.json"]
 TRAIN_POINTS = ["train-step@3", "mid-write:checkpoint-last.pt", "before-rename:checkpoint-last.pt@2",

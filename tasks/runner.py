@@ -68,7 +68,10 @@ class FailFastWorker(luigi.worker.Worker):
         return super()._get_work()
 
     def _keep_alive(self, get_work_response):
-        alive = super()._keep_alive(get_work_response)
+        # Luigi counts only pending tasks; a task this worker needs may also be running on another
+        # worker (or on one that was killed, which the scheduler notices after its disconnect delay)
+        alive = super()._keep_alive(get_work_response) or (
+            self._config.keep_alive and not self._stop_requesting_work and bool(get_work_response.running_tasks))
         if alive:
             fault_point("worker-idle", self._id)
         return alive
@@ -193,6 +196,6 @@ def run_tasks(tasks: list, workers: int = 1, scheduler_host: str | None = None, 
         # a task that failed in a worker process has printed its message there already
         status = result.status.name.lower().replace("_", " ")
         failures.append(f"the tasks did not complete ({status})")
-        print(f"{prefix}: error: the tasks did not complete ({status}); run with --verbose for Luigi's summary",
-              file=sys.stderr, flush=True)
+        print(f"{prefix}: error: the tasks did not complete (Luigi: {status}); run the command again, or with "
+              "--verbose for Luigi's summary", file=sys.stderr, flush=True)
     return RunResult(False, failures)
