@@ -101,6 +101,7 @@ class HandModel(nn.Module):
             data = mirror_hand_model(data)
         self.side = side
         tips = data.pop("tip_vertex_ids")
+        mean_pose = np.asarray(data.get("hands_mean", np.zeros(45)), dtype=np.float64).reshape(45)
         with contextlib.redirect_stdout(io.StringIO()):  # smplx prints a note about 10 betas
             self.layer = smplx.MANO(
                 model_path="", data_struct=Struct(**data), is_rhand=side == "right", use_pca=False,
@@ -108,6 +109,9 @@ class HandModel(nn.Module):
                 create_hand_pose=False, create_betas=False, create_transl=False, dtype=dtype)
         self.num_betas = self.layer.num_betas
         self.register_buffer("tip_vertex_ids", torch.as_tensor(tips, dtype=torch.long), persistent=False)
+        # MANO's mean hand pose (axis-angle of joints 1..15): the official pose prior's centre (its
+        # MANO layer has flat_hand_mean=False, so its θ = 0 is this pose); zeros for the procedural hand
+        self.register_buffer("mean_pose", torch.as_tensor(mean_pose, dtype=dtype), persistent=False)
         self.register_buffer("openpose_index", torch.as_tensor(OPENPOSE_FROM_MANO, dtype=torch.long),
                              persistent=False)
         self.faces = np.asarray(data["f"], dtype=np.int64)

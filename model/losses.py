@@ -1,69 +1,49 @@
-"""HaMuCo training losses (pure torch, vectorised over batch and views).
+"""HaMuCo training losses (pure torch, vectorised over batch and views), as the official code.
 
-All distances are L1, as in the official implementation.  Shapes: ``B`` samples,
-``V`` views, ``J = 21`` joints.  ``view_mask (B, V)`` marks valid views (bool or
-0/1); masked views neither contribute to nor receive any loss (``torch.where``
-is used, so even non-finite values in masked views cannot leak into the loss or
-its gradient).  Every loss returns a scalar tensor and is 0 (with finite, zero
-gradients) when nothing is valid.
+All distances are L1 with mean reduction, as the official implementation (zxz267/HaMuCo,
+``models/mvn.py`` and ``models/loss.py``).  Shapes: ``B`` groups, ``V`` views, ``J = 21`` joints,
+``P`` points per view (the official 3D terms use the 778 mesh vertices followed by the 21 joints,
+P = 799; joints only is an option of :class:`model.objective.HaMuCoObjective`).
+``view_mask (B, V)`` marks valid views (bool or 0/1), an extension of the official code (where
+every view of a group is valid): masked views neither contribute to nor receive any loss
+(``torch.where``, so even non-finite values in masked views cannot leak into the loss or its
+gradient), and with every view valid each term equals the official one.  Every loss returns a
+scalar and is 0 (with finite, zero gradients) when nothing is valid.
 
 Terms
 -----
-* ``joint_2d_loss`` (confidence-weighted 2D, used for the single-view and the
-  interaction outputs)::
+* ``joint_2d_loss`` (both branches): ``mean_{valid b,v; k; d} |c_bvk (P_bvkd - L_bvkd)|`` in
+  normalised crop coordinates (official ``L1(uv * c, label * c)``).
 
-      E = sum_{b,v,k,d} m_bv c_bvk |P_bvkd - L_bvkd|
-      count:       L = E / (2 J sum_{b,v} m_bv)          (default; the mean of |P - L| c)
-      confidence:  L = E / (2 max(sum_{b,v,k} m_bv c_bvk, eps))
+* ``align_views`` / ``consistency_loss`` (interaction branch).  For every ordered pair of valid
+  views (v, j) a similarity ``T_{j->v} = (s, R, t)`` maps view j's root-relative points onto view
+  v's (Procrustes; with known extrinsics ``R = R_v R_j^T`` and only ``s, t`` are solved).
+  ``A_vj = T_{j->v}(X_j)`` (``A_vv = X_v``), ``F_v = mean_{valid j} A_vj`` (``avg_fuse``: the
+  multi-view result in view v's frame).  The official code alternates per iteration:
 
-* ``consistency_loss`` (multi-view consistency, root-relative 3D per camera
-  frame).  For every ordered pair of valid views (v, j) a similarity
-  ``T_{j->v} = (s, R, t)`` aligns view j's prediction onto (the detached) view v:
-  ``R`` from weighted Procrustes (no extrinsics) or the known ``R_v R_j^T``
-  (extrinsics; only ``s, t`` are solved).  ``A_{vj} = T_{j->v}(X_j)``.
+      even ("xy"):   mean_{valid v, j (j = v included)} mean_{p, d in {x,y}} |A_vj,pd - sg(X_v,pd)|
+      odd ("mean"):  mean_{valid v} mean_{p, d} |X_v,pd - sg(F_v,pd)|
 
-      mode "xy":   L = mean_{valid v != j} mean_{k, d in {x,y}} |A_{vj,k,d} - sg(X_{v,k,d})|
-      mode "mean": M_v = sg( mean_{valid j (incl. v)} A_{vj} )
-                   L = mean_{valid v} mean_{k, d in {x,y,z}} |X_{v,k,d} - M_v,k,d|
+  ``sg`` = stop-gradient.  The transform itself is estimated without a stop-gradient (as the
+  official code), so gradients reach both views of a pair through it.
 
-  ``sg`` = stop-gradient.  The alignment is estimated with the target view
-  detached; it stays differentiable w.r.t. the source view j.  The trainer
-  alternates the two modes per iteration.  The loss is exactly 0 when all views
-  are similarity transforms of one skeleton (with the true rotations when
-  ``rel_rot`` is given).
+* ``distillation_loss``: ``mean_{valid v} mean_{p,d} |S_v,pd - sg(F_v,pd)|``: the single-view
+  points towards the fused result in the same view's frame (not towards the view's own
+  interaction output).
 
-* ``distillation_loss``: ``L = mean_{valid v} mean_{k,d} |S_{v,k,d} - sg(F_{v,k,d})|``
-  where ``S`` is the single-view 3D prediction and ``F`` the fused (multi-view)
-  result *expressed in the same view's frame*, i.e. the fused per-view output
-  (the caller passes the fused average already mapped to every view; it is used
-  as is, no further alignment).
-
-* ``shape_prior``: ``L = mean |beta|``  (beta -> 0).
-* ``pose_prior``: ``L = mean_{joints, 3x3 entries} |R - I|`` over the non-root
-  joint rotation matrices (non-root pose -> identity, i.e. axis-angle -> 0; the
-  L1 of the matrix to the identity is 0 iff every rotation is the identity).
+* ``shape_prior``: ``mean |beta|``;  ``pose_prior``: ``mean |theta - theta_mean|`` over the 45
+  axis-angle numbers of the non-root joints, ``theta_mean`` the hand model's mean pose (the
+  official MANO layer has ``flat_hand_mean=False``, so its theta = 0 is the mean pose).
 
 Weights (``LossWeights``)
 -------------------------
-The seed (HaMuCo supplementary, B.4) sets ``alpha = 0.01`` and ``gamma = 100``.
-``alpha`` multiplies the **pose prior** (it balances the MANO hand prior against
-trust in the pseudo labels; the official code multiplies the pose prior by
-0.01).  The seed does not say which term ``gamma`` multiplies; here ``gamma``
-multiplies the **shape prior** (beta -> 0), i.e.
+Official: every term 1 except the pose prior, 0.01 (``alpha``, seed B.4) on both branches; the
+shape prior has weight 1 in the official code (a ``* 100`` is commented out there), while the seed
+says gamma = 100 without naming the term.  ``gamma`` is the shape-prior weight here: 1 as the
+official code by default, 100 the seed's reading (measured against each other in RESULTS.md)::
 
-    total = w_2d * L_2d + w_cons * L_cons + w_distill * L_distill
-            + gamma * L_shape + alpha * L_pose
-
-with ``w_2d = w_cons = w_distill = 1`` by default.  This gamma placement is an
-assumption of this module (not stated in the seed or REFERENCE); change
-``LossWeights.shape_prior`` if another placement is established.
-
-Weak supervision
-----------------
-``weak_supervision_confidence`` sets the confidence of one view (per sample) to
-1: in the weakly supervised variant that view's 2D labels are the 2D ground
-truth (the caller substitutes the labels), so they are fully trusted, while the
-other views keep their pseudo-label confidences.
+    total = w_2d (L_2d,single + L_2d,interaction) + w_cons L_cons + w_distill L_distill
+            + gamma L_shape + alpha (L_pose,single + L_pose,interaction)
 """
 
 from __future__ import annotations
@@ -75,6 +55,8 @@ import torch
 from model.alignment import align_with_rotation, apply_similarity, similarity_procrustes
 
 __all__ = [
+    "ViewAlignment",
+    "align_views",
     "joint_2d_loss",
     "consistency_loss",
     "distillation_loss",
@@ -82,7 +64,6 @@ __all__ = [
     "pose_prior",
     "LossWeights",
     "total_loss",
-    "weak_supervision_confidence",
 ]
 
 _EPS = 1e-8
@@ -128,60 +109,82 @@ def joint_2d_loss(pred_uv: torch.Tensor, label_uv: torch.Tensor, confidence: tor
     raise ValueError(f"normalize must be 'count' or 'confidence', got {normalize!r}")
 
 
-def consistency_loss(joints: torch.Tensor, view_mask: torch.Tensor | None = None,
-                     rel_rot: torch.Tensor | None = None, mode: str = "xy",
-                     joint_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Multi-view consistency loss (see module docstring for the formulas).
+@dataclass
+class ViewAlignment:
+    """Every view of a group aligned onto every other (the official ``MultiViewConsistencyLoss``).
 
-    Args:
-        joints: ``(B, V, J, 3)`` root-relative 3D predictions, each in its camera frame.
-        view_mask: ``(B, V)`` valid views.
-        rel_rot: optional ``(B, V, V, 3, 3)``; ``rel_rot[b, v, j] = R_v R_j^T`` maps camera-j
-            coordinates to camera-v coordinates (known extrinsics).  If None, the rotation
-            is estimated by Procrustes.
-        mode: ``"xy"`` or ``"mean"``.
-        joint_weights: optional ``(B, V, J)`` per-joint weights for the Procrustes fit of
-            source view j (default uniform).
+    ``points (B, V, P, 3)``: the predictions (masked views zeroed); ``aligned (B, V, V, P, 3)``:
+    ``aligned[b, v, j]`` is view j mapped into view v's frame (``aligned[b, v, v]`` is view v itself);
+    ``pairs (B, V, V)``: both views valid (the diagonal included); ``fused (B, V, P, 3)``: the mean of
+    the valid aligned views, i.e. the multi-view result expressed in view v's frame (``avg_fuse``).
     """
-    if mode not in ("xy", "mean"):
-        raise ValueError(f"mode must be 'xy' or 'mean', got {mode!r}")
-    B, V, J, _ = joints.shape
-    m = _mask(view_mask, B, V, joints.device)
+
+    points: torch.Tensor
+    aligned: torch.Tensor
+    pairs: torch.Tensor
+    view_mask: torch.Tensor
+    fused: torch.Tensor
+
+
+def align_views(points: torch.Tensor, view_mask: torch.Tensor | None = None,
+                rel_rot: torch.Tensor | None = None, point_weights: torch.Tensor | None = None) -> ViewAlignment:
+    """Align every view's root-relative points onto every view by a similarity transform.
+
+    ``points (B, V, P, 3)``, each view in its camera frame (the official code uses the 778 mesh
+    vertices and the 21 joints, P = 799). Without ``rel_rot`` the rotation comes from Procrustes;
+    with ``rel_rot (B, V, V, 3, 3)`` (``rel_rot[b, v, j] = R_v R_jᵀ``, camera j → camera v) only
+    scale and translation are solved. As in the official code the transform is estimated from both
+    views without a stop-gradient (the losses detach their targets, not the alignment).
+    """
+    B, V, P, _ = points.shape
+    m = _mask(view_mask, B, V, points.device)
     # masked views are replaced by zeros so that garbage (even NaN) cannot reach the SVD
-    joints = torch.where(m[..., None, None], joints, torch.zeros_like(joints))
-    src = joints[:, None].expand(B, V, V, J, 3)               # [b, v, j] = view j
-    tgt = joints.detach()[:, :, None].expand(B, V, V, J, 3)   # [b, v, j] = view v (detached)
-    w = None if joint_weights is None else joint_weights[:, None].expand(B, V, V, J)
+    points = torch.where(m[..., None, None], points, torch.zeros_like(points))
+    src = points[:, None].expand(B, V, V, P, 3)   # [b, v, j] = view j
+    tgt = points[:, :, None].expand(B, V, V, P, 3)  # [b, v, j] = view v
+    w = None if point_weights is None else point_weights[:, None].expand(B, V, V, P)
     if rel_rot is None:
         s, R, t = similarity_procrustes(src, tgt, w)
     else:
-        R = rel_rot.to(joints.dtype).expand(B, V, V, 3, 3)
+        R = rel_rot.to(points.dtype).expand(B, V, V, 3, 3)
         s, t = align_with_rotation(src, tgt, R, w)
-    aligned = apply_similarity(src, s, R, t)                   # view j mapped into frame v
-    diag = torch.eye(V, dtype=torch.bool, device=joints.device)
-    aligned = torch.where(diag[:, :, None, None], src, aligned)  # view v onto itself: exact identity
-    pair = m[:, :, None] & m[:, None, :]                       # (B, V, V)
+    aligned = apply_similarity(src, s, R, t)
+    diag = torch.eye(V, dtype=torch.bool, device=points.device)
+    aligned = torch.where(diag[:, :, None, None], src, aligned)  # view v onto itself: exactly itself
+    pairs = m[:, :, None] & m[:, None, :]
+    n = pairs.sum(2).clamp(min=1).to(aligned.dtype)
+    fused = torch.where(pairs[..., None, None], aligned, torch.zeros_like(aligned)).sum(2) / n[..., None, None]
+    return ViewAlignment(points=points, aligned=aligned, pairs=pairs, view_mask=m, fused=fused)
 
+
+def consistency_loss(points: torch.Tensor, view_mask: torch.Tensor | None = None,
+                     rel_rot: torch.Tensor | None = None, mode: str = "xy",
+                     alignment: ViewAlignment | None = None) -> torch.Tensor:
+    """Multi-view consistency of ``points (B, V, P, 3)`` (see the module docstring).
+
+    ``mode="xy"``: mean over valid (v, j) pairs, the self pair included at zero, of
+    ``mean |aligned[v, j, :, :2] - sg(X_v[:, :2])|``; ``mode="mean"``: mean over valid views of
+    ``mean |X_v - sg(fused_v)|``. ``alignment``: the result of :func:`align_views` for these
+    points, if already computed.
+    """
+    if mode not in ("xy", "mean"):
+        raise ValueError(f"mode must be 'xy' or 'mean', got {mode!r}")
+    al = alignment if alignment is not None else align_views(points, view_mask, rel_rot)
     if mode == "xy":
-        pair = pair & ~diag
-        per_pair = (aligned[..., :2] - tgt[..., :2]).abs().mean((-1, -2))   # (B, V, V)
-        per_pair = torch.where(pair, per_pair, torch.zeros_like(per_pair))
-        return _masked_mean(per_pair, pair)
-
-    # mode == "mean": detached mean of the aligned predictions (including view v itself)
-    al = torch.where(pair[..., None, None], aligned.detach(), torch.zeros_like(aligned))
-    n = pair.sum(2).clamp(min=1).to(joints.dtype)               # (B, V)
-    target = al.sum(2) / n[..., None, None]                     # (B, V, J, 3)
-    per_view = (joints - target).abs().mean((-1, -2))           # (B, V)
-    per_view = torch.where(m, per_view, torch.zeros_like(per_view))
-    return _masked_mean(per_view, m)
+        tgt = al.points.detach()[:, :, None, :, :2]                                # view v
+        per_pair = (al.aligned[..., :2] - tgt).abs().mean((-1, -2))                # (B, V, V)
+        per_pair = torch.where(al.pairs, per_pair, torch.zeros_like(per_pair))
+        return _masked_mean(per_pair, al.pairs)
+    per_view = (al.points - al.fused.detach()).abs().mean((-1, -2))               # (B, V)
+    per_view = torch.where(al.view_mask, per_view, torch.zeros_like(per_view))
+    return _masked_mean(per_view, al.view_mask)
 
 
 def distillation_loss(single: torch.Tensor, fused: torch.Tensor,
                       view_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """L1 of the single-view 3D ``(B, V, J, 3)`` to the detached fused per-view result
-    ``(B, V, J, 3)`` (the fused average expressed in each view's frame), averaged over
-    the joints/coordinates of the valid views."""
+    """L1 of the single-view points ``(B, V, P, 3)`` to the detached fused result ``(B, V, P, 3)``
+    (the multi-view result in each view's frame, :attr:`ViewAlignment.fused`), averaged over the
+    points and coordinates of the valid views."""
     B, V = single.shape[:2]
     m = _mask(view_mask, B, V, single.device)
     per_view = (single - fused.detach()).abs().mean((-1, -2))
@@ -194,20 +197,25 @@ def shape_prior(betas: torch.Tensor) -> torch.Tensor:
     return betas.abs().mean()
 
 
-def pose_prior(rotmats_nonroot: torch.Tensor) -> torch.Tensor:
-    """``mean |R - I|`` over the entries of the non-root joint rotation matrices
-    ``(..., 15, 3, 3)`` (non-root pose -> identity / zero axis-angle)."""
-    eye = torch.eye(3, dtype=rotmats_nonroot.dtype, device=rotmats_nonroot.device)
-    return (rotmats_nonroot - eye).abs().mean()
+def pose_prior(pose_axis_angle: torch.Tensor, mean_pose: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean |θ - θ_mean|`` over the 45 axis-angle numbers of the 15 non-root joints ``(..., 45)``.
+
+    The official code puts L1(θ[3:], 0) on the parameters of a MANO layer built with
+    ``flat_hand_mean=False``, whose θ = 0 is MANO's mean hand pose: the prior pulls towards the
+    hand model's mean pose (``hands_mean``), not towards a flat hand.
+    """
+    if mean_pose is None:
+        return pose_axis_angle.abs().mean()
+    return (pose_axis_angle - mean_pose.to(pose_axis_angle)).abs().mean()
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Loss weights.  ``alpha`` multiplies the pose prior and ``gamma`` the shape prior
-    (see the module docstring; the gamma placement is this module's assumption)."""
+    """Loss weights.  ``alpha`` multiplies the pose prior and ``gamma`` the shape prior (see the
+    module docstring: 1 as the official code; the seed's 100 is an option)."""
 
-    alpha: float = 0.01      # pose prior (seed B.4; official code: pose prior * 0.01)
-    gamma: float = 100.0     # shape prior (seed B.4 value; placement assumed)
+    alpha: float = 0.01      # pose prior (seed B.4 and the official code)
+    gamma: float = 1.0       # shape prior (official code 1; the seed's gamma = 100 is the other reading)
     joint_2d: float = 1.0
     consistency: float = 1.0
     distillation: float = 1.0
@@ -239,18 +247,3 @@ def total_loss(terms: dict, weights: LossWeights | None = None) -> torch.Tensor:
         v = weights.weight(name) * value
         total = v if total is None else total + v
     return total
-
-
-def weak_supervision_confidence(confidence: torch.Tensor, view_index) -> torch.Tensor:
-    """Return a copy of ``confidence (B, V, J)`` with view ``view_index`` set to 1.
-
-    ``view_index`` is an int (same view for every sample) or a ``(B,)`` integer tensor
-    (per sample, e.g. after the per-sample camera shuffle).  In the weakly supervised
-    variant that view's labels are 2D ground truth, hence fully trusted.
-    """
-    B, V, _ = confidence.shape
-    idx = torch.as_tensor(view_index, device=confidence.device, dtype=torch.long)
-    idx = idx.expand(B) if idx.dim() == 0 else idx
-    sel = torch.nn.functional.one_hot(idx, V).bool()[..., None]      # (B, V, 1)
-    return torch.where(sel, torch.ones_like(confidence), confidence)
-

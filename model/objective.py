@@ -1,69 +1,109 @@
-"""The self-supervised HaMuCo objective for one batch of view groups.
+"""The self-supervised HaMuCo objective for one batch of view groups (the official code's terms).
 
 Given a batch (``images`` (B, V, 3, S, S), ``keypoints`` (B, V, 21, 2) crop pixels,
 ``confidence`` (B, V, 21), ``view_mask`` (B, V), ``extrinsics`` (B, V, 3, 4),
-``extrinsics_known`` (B, V)) it runs the model and returns the loss terms:
+``extrinsics_known`` (B, V); with weak supervision also ``weak_joints_2d`` (B, V, 21, 2)) it runs
+the model and returns the loss terms of :mod:`model.losses`:
 
 * ``joint_2d/single``, ``joint_2d/interaction``: confidence-weighted L1 of both branches'
   projections to the pseudo labels;
-* ``consistency``: multi-view consistency of the interaction branch's 3D joints, alternating
-  per step between the aligned-xy and the mean-of-aligned targets; with ``use_extrinsics``
-  and calibrated views the relative rotations are the known ``R_v R_jᵀ``;
-* ``distillation``: the single-view 3D joints towards the (detached) interaction result;
-* ``shape_prior``, ``pose_prior`` on both branches (weights α, γ in :class:`LossWeights`);
-* ``total``: the weighted sum, which the trainer minimises.
+* ``consistency``: multi-view consistency of the interaction branch's points (mesh vertices and
+  joints), alternating per step between the aligned-xy (even steps) and the fused-mean (odd
+  steps) forms; with ``use_extrinsics`` and calibrated views the relative rotations are the known
+  ``R_v R_jᵀ`` (the paper's training scheme 2), otherwise Procrustes (scheme 1);
+* ``distillation``: the single-view points towards the (detached) fused multi-view result in the
+  same view's frame;
+* ``shape_prior/single``, ``pose_prior/single``, ``pose_prior/interaction``;
+* ``total``: the weighted sum (:class:`LossWeights`), which the trainer minimises.
+
+Options that deviate from the official code (each off by default): ``points="joints"`` (the 3D
+terms on the 21 joints only), ``distill_to="interaction"`` (distil towards the view's own
+interaction output instead of the fused result).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
-from .losses import (LossWeights, consistency_loss, distillation_loss, joint_2d_loss, pose_prior, shape_prior,
-                     total_loss, weak_supervision_confidence)
+from .errors import HamucoError
+from .losses import (LossWeights, align_views, consistency_loss, distillation_loss, joint_2d_loss, pose_prior,
+                     shape_prior, total_loss)
 from .single_view import pixels_to_normalized
+
+POINTS = ("mesh", "joints")
+DISTILL_TARGETS = ("fused", "interaction")
+
+
+def _points(mesh, B: int, V: int, which: str) -> torch.Tensor:
+    """(B, V, P, 3): the mesh vertices followed by the 21 joints (the official 799 points), or the joints."""
+    joints = mesh.joints.view(B, V, -1, 3)
+    if which == "joints":
+        return joints
+    return torch.cat([mesh.vertices.view(B, V, -1, 3), joints], dim=2)
 
 
 @dataclass
 class HaMuCoObjective:
-    """``weak_view``: the weakly supervised variant: that view position's labels are replaced by
-    its 2D ground truth (``gt_joints_2d``) with confidence 1 (seed C.4)."""
+    """``weak_supervision``: the weakly supervised variant (seed C.4): wherever the batch's
+    ``weak_joints_2d`` is known (one named camera's 2D ground truth, put there by the dataset),
+    it replaces the pseudo label with confidence 1."""
 
     weights: LossWeights = field(default_factory=LossWeights)
     use_extrinsics: bool = False
-    weak_view: Optional[int] = None
+    weak_supervision: bool = False
+    points: str = "mesh"
+    distill_to: str = "fused"
+
+    def __post_init__(self) -> None:
+        if self.points not in POINTS:
+            raise HamucoError(f"points must be one of {', '.join(POINTS)}, not {self.points!r}")
+        if self.distill_to not in DISTILL_TARGETS:
+            raise HamucoError(f"distill_to must be one of {', '.join(DISTILL_TARGETS)}, not {self.distill_to!r}")
+
+    def labels(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keypoints (B, V, 21, 2) crop pixels, confidence (B, V, 21)) the 2D losses use."""
+        keypoints, conf = batch["keypoints"], batch["confidence"]
+        if not self.weak_supervision:
+            return keypoints, conf
+        if "weak_joints_2d" not in batch:
+            raise HamucoError("weak supervision needs batches with 'weak_joints_2d' (a dataset made with "
+                              "weak_camera=...)")
+        weak = batch["weak_joints_2d"]
+        known = torch.isfinite(weak).all(-1)  # (B, V, 21)
+        keypoints = torch.where(known[..., None], torch.nan_to_num(weak), keypoints)
+        conf = torch.where(known, torch.ones_like(conf), conf)
+        return keypoints, conf
 
     def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> dict:
         images, mask = batch["images"], batch["view_mask"].bool()
         B, V = mask.shape
         out = model(images, mask)
         size = images.shape[-1]
-        keypoints, conf = batch["keypoints"], batch["confidence"]
-        if self.weak_view is not None:
-            gt = batch["gt_joints_2d"][:, self.weak_view]
-            known = torch.isfinite(gt).all(-1)  # (B, 21)
-            keypoints = keypoints.clone()
-            keypoints[:, self.weak_view] = torch.where(known[..., None], gt, keypoints[:, self.weak_view])
-            conf = weak_supervision_confidence(conf, self.weak_view)
-            conf[:, self.weak_view] = torch.where(known, conf[:, self.weak_view], torch.zeros_like(conf[:, 0]))
+        keypoints, conf = self.labels(batch)
         labels = pixels_to_normalized(keypoints, size)
         single_uv = out.single.joints_2d.view(B, V, 21, 2)
         fused_uv = out.fused.joints_2d.view(B, V, 21, 2)
-        single_3d = out.single.joints.view(B, V, 21, 3)
-        fused_3d = out.fused.joints.view(B, V, 21, 3)
+        single_pts = _points(out.single, B, V, self.points)
+        inter_pts = _points(out.fused, B, V, self.points)
         rel_rot = None
         if self.use_extrinsics and bool(batch["extrinsics_known"].all()):
-            R = batch["extrinsics"][..., :3].to(fused_3d.dtype)  # (B, V, 3, 3) world → camera
+            R = batch["extrinsics"][..., :3].to(inter_pts.dtype)  # (B, V, 3, 3) world → camera
             rel_rot = R[:, :, None] @ R[:, None].transpose(-1, -2)  # R_v R_jᵀ: camera j → camera v
+        alignment = align_views(inter_pts, mask, rel_rot)
+        target = alignment.fused if self.distill_to == "fused" else inter_pts
+        hand_model = model.module.hand_model if hasattr(model, "module") else model.hand_model
+        mean_pose = hand_model.mean_pose
+        valid = mask.reshape(-1)  # the priors act on the valid views' outputs (all of them in the official code)
         terms = {
             "joint_2d/single": joint_2d_loss(single_uv, labels, conf, mask),
             "joint_2d/interaction": joint_2d_loss(fused_uv, labels, conf, mask),
-            "consistency": consistency_loss(fused_3d, mask, rel_rot=rel_rot, mode="xy" if step % 2 == 0 else "mean"),
-            "distillation": distillation_loss(single_3d, fused_3d, mask),
-            "shape_prior/single": shape_prior(out.single.betas),
-            "pose_prior/single": pose_prior(out.single.rotmats[:, 1:]),
-            "pose_prior/interaction": pose_prior(out.fused.rotmats[:, 1:]),
+            "consistency": consistency_loss(inter_pts, mask, mode="xy" if step % 2 == 0 else "mean",
+                                            alignment=alignment),
+            "distillation": distillation_loss(single_pts, target, mask),
+            "shape_prior/single": shape_prior(out.single.betas[valid]),
+            "pose_prior/single": pose_prior(out.single.pose_axis_angle[valid, 3:], mean_pose),
+            "pose_prior/interaction": pose_prior(out.fused.pose_axis_angle[valid, 3:], mean_pose),
         }
         terms["total"] = total_loss(terms, self.weights)
         return terms

@@ -41,8 +41,13 @@ def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
     q = matrix_to_quaternion(R)
     w, xyz = q[..., :1], q[..., 1:]
     norm = xyz.norm(dim=-1, keepdim=True)
-    angle = 2 * torch.atan2(norm, w)
-    return xyz / norm.clamp_min(1e-12) * angle
+    # angle / sin(angle / 2) with angle = 2 atan2(|xyz|, w); near the identity its series
+    # 2 / w · (1 - |xyz|² / (3 w²)), so that the gradient there is the true one (2 / w), not 0
+    small = norm < 1e-4  # then w > 0.99
+    ws = torch.where(small, w, torch.ones_like(w))
+    ratio = torch.where(small, 2 / ws * (1 - norm ** 2 / (3 * ws ** 2)),
+                        2 * torch.atan2(norm, w) / torch.where(small, torch.ones_like(norm), norm))
+    return xyz * ratio
 
 
 def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:

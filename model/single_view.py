@@ -4,7 +4,8 @@ Coordinate conventions (shared with the cross-view network):
 
 * 3D joints and vertices are root-relative at OpenPose joint 9 (middle MCP, ``ROOT_JOINT``)
   and normalised by ``bbox_3d_size / 2`` with ``bbox_3d_size = 0.4`` m, so ±1 ≈ ±0.2 m.
-* Camera ``cam = (s, tx, ty)``: ``s = ReLU(raw) ≥ 0``. Weak-perspective projection in
+* Camera ``cam = (s, tx, ty)``: ``s = MIN_SCALE + softplus(raw) > 0.4`` (the official code's
+  ``ReLU(raw)``, see :func:`camera_from_raw`). Weak-perspective projection in
   normalised crop coordinates: ``uv = s · xy + t`` where ``uv ∈ [-1, 1]`` spans the crop
   (-1 = left/top edge, +1 = right/bottom edge).
 * Crop pixels: ``uv_px = (uv + 1) · W / 2`` (x with the crop width, y with the crop height),
@@ -110,7 +111,7 @@ class MeshOutput:
     pose6d: torch.Tensor  # (N, 16, 6), global rotation first
     rotmats: torch.Tensor  # (N, 16, 3, 3)
     betas: torch.Tensor  # (N, 10)
-    cam: torch.Tensor  # (N, 3) = (s, tx, ty), s ≥ 0
+    cam: torch.Tensor  # (N, 3) = (s, tx, ty), s > MIN_SCALE
     vertices: torch.Tensor  # (N, V, 3) root-relative, normalised
     joints: torch.Tensor  # (N, 21, 3) OpenPose order, root-relative, normalised
     joints_2d: torch.Tensor  # (N, 21, 2) weak-perspective projection in [-1, 1] crop units

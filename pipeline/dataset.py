@@ -12,10 +12,14 @@ Per item (V views, S×S crops)::
     crop_K            float32 (V, 3, 3)     intrinsics seen from the crop (NaN unknown)
     extrinsics        float32 (V, 3, 4)     world → camera
     extrinsics_known  bool    (V,)
-    gt_joints_world   float32 (21, 3)       NaN when the shard has no ground truth
-    gt_joints_2d      float32 (V, 21, 2)    crop pixels, NaN when unknown
     view_order        int64   (V,)          which stored view each position holds
     flipped           bool    (V,)          the crop is mirrored (a left hand shown as a right one)
+
+Ground truth reaches an item only when asked for: ``ground_truth=True`` (evaluation) adds
+``gt_joints_world`` (21, 3) and ``gt_joints_2d`` (V, 21, 2) (NaN when unknown);
+``weak_camera="cam03"`` (the weakly supervised variant, seed C.4) adds ``weak_joints_2d``
+(V, 21, 2): that one camera's 2D ground truth at whichever position the shuffle put it, NaN at
+every other position. A training item has neither.
 
 Documented skips: a sample whose views are all invalid is left out of the dataset (counted in
 ``skipped_samples``); a non-finite pseudo label gets confidence 0 (counted in ``nan_labels``).
@@ -66,9 +70,10 @@ def load_index(path: str | Path) -> dict:
     return index
 
 
-def check_dataset(path: str | Path, split: str = "train") -> None:
-    """Open every shard of a split (schema, structure) and count its usable samples, so that a
-    command fails with a clear message before any task starts."""
+def check_dataset(path: str | Path, split: str = "train", weak_camera: Optional[str] = None) -> None:
+    """Open every shard of a split (schema, structure) and count its usable samples (and, for weak
+    supervision, find the camera and its 2D ground truth), so that a command fails with a clear
+    message before any task starts."""
     index = load_index(path)
     splits = index.get("split") or {}
     if split not in splits:
@@ -81,7 +86,7 @@ def check_dataset(path: str | Path, split: str = "train") -> None:
         if not Path(shard).is_file():
             raise HamucoError(f"{shard}: shard listed in {path} ({split} split) not found")
         verify_shard(shard)
-    data = ShardDataset(path, split=split)
+    data = ShardDataset(path, split=split, weak_camera=weak_camera)
     if len(data) == 0:
         raise HamucoError(f"{path}: the {split} split has no sample with a valid view "
                           f"({data.skipped_samples} samples, every view invalid: see the quarantine report)")
@@ -91,7 +96,8 @@ class ShardDataset(Dataset):
     """Samples of the shards of one split of a dataset index (or of explicit shard paths)."""
 
     def __init__(self, source: str | Path | Sequence[str | Path], split: str = "train",
-                 confidence: str = "refined", augmentation: Optional[Augmentation] = None, seed: int = 0):
+                 confidence: str = "refined", augmentation: Optional[Augmentation] = None, seed: int = 0,
+                 ground_truth: bool = False, weak_camera: Optional[str] = None):
         if confidence not in ("raw", "refined"):
             raise HamucoError(f"confidence must be 'raw' or 'refined', not {confidence!r}")
         if isinstance(source, (str, Path)):
@@ -115,6 +121,16 @@ class ShardDataset(Dataset):
                     self.items.append((ri, si))
                 else:
                     self.skipped_samples += 1
+        self.ground_truth = bool(ground_truth)
+        self.weak_camera = weak_camera
+        if weak_camera is not None:
+            for reader in self.readers:
+                if weak_camera not in reader.camera_names:
+                    raise HamucoError(f"{reader.path}: no camera {weak_camera!r} for weak supervision (cameras: "
+                                      f"{', '.join(reader.camera_names)})")
+                if "gt_joints_2d" not in reader.ground_truth_fields:
+                    raise HamucoError(f"{reader.path}: weak supervision by camera {weak_camera!r} needs 2D ground "
+                                      "truth, and this shard has none")
         views = {r.num_views for r in self.readers}
         self.num_views = views.pop() if len(views) == 1 else None
         self.nan_labels = 0
@@ -164,9 +180,8 @@ class ShardDataset(Dataset):
         else:
             images[:] = crops
         images = (images / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-        gt_world = s.gt_joints_world if s.gt_joints_world is not None else np.full((21, 3), np.nan, np.float32)
         ext_known = s.extrinsics_known
-        return {
+        item = {
             "images": torch.from_numpy(images[order].transpose(0, 3, 1, 2).copy()),
             "keypoints": torch.from_numpy(kp[order].copy()),
             "confidence": torch.from_numpy(conf[order].copy()),
@@ -174,11 +189,20 @@ class ShardDataset(Dataset):
             "crop_K": torch.from_numpy(crop_K[order].astype(np.float32)),
             "extrinsics": torch.from_numpy(s.extrinsics[order].astype(np.float32)),
             "extrinsics_known": torch.from_numpy(np.asarray(ext_known)[order].copy()),
-            "gt_joints_world": torch.from_numpy(np.asarray(gt_world, np.float32)),
-            "gt_joints_2d": torch.from_numpy(np.asarray(gt2d, np.float32)[order].copy()),
             "view_order": torch.from_numpy(order.astype(np.int64)),
             "flipped": torch.from_numpy(np.asarray(s.flipped, bool)[order].copy()),
         }
+        if self.ground_truth:
+            gt_world = s.gt_joints_world if s.gt_joints_world is not None else np.full((21, 3), np.nan, np.float32)
+            item["gt_joints_world"] = torch.from_numpy(np.asarray(gt_world, np.float32))
+            item["gt_joints_2d"] = torch.from_numpy(np.asarray(gt2d, np.float32)[order].copy())
+        if self.weak_camera is not None:
+            weak = np.full((V, 21, 2), np.nan, np.float32)
+            cam = self.readers[ri].camera_names.index(self.weak_camera)
+            if s.view_valid[cam]:
+                weak[cam] = gt2d[cam]
+            item["weak_joints_2d"] = torch.from_numpy(weak[order].copy())
+        return item
 
 
 def _jitter(rng: np.random.Generator, size: int, aug: Augmentation) -> np.ndarray:

@@ -67,7 +67,7 @@ def evaluate_split(model: torch.nn.Module, dataset: str | os.PathLike | list, sp
                    confidence: str = "raw", batch_size: int = 4, progress: bool = True,
                    max_samples: Optional[int] = None) -> Evaluation:
     """Run ``model`` over a split of a dataset index (or a list of shard paths) and score it."""
-    ds = ShardDataset(dataset, split=split, confidence=confidence, augmentation=None)
+    ds = ShardDataset(dataset, split=split, confidence=confidence, augmentation=None, ground_truth=True)
     if len(ds) == 0:
         raise HamucoError(f"{dataset}: the {split!r} split has no sample with a valid view "
                           f"({ds.skipped_samples} skipped); prepare more frames or choose another split")

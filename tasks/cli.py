@@ -127,13 +127,16 @@ def _train(args: argparse.Namespace) -> int:
 
     params = {"dataset": args.dataset, "out": args.out}
     for name in ("backbone", "steps", "backbone_weights", "batch_size", "hand_model", "lr", "seed", "precision",
-                 "checkpoint_every"):
+                 "checkpoint_every", "confidence", "weak_camera", "gamma", "points", "distill_to"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
+    if args.extrinsics:
+        params["use_extrinsics"] = True
     task = TrainModel(**params)  # parameters out of range are refused here, before any work
     check_output_dir(args.out)
-    check_dataset(args.dataset, "train")  # a clear error (missing or unreadable shard, no sample) before any task
+    # a clear error (missing or unreadable shard, no sample, no such weak camera) before any task
+    check_dataset(args.dataset, "train", weak_camera=args.weak_camera)
     if not args.resume and task.run_dir.exists() and not Path(task.output().path).exists():
         import shutil
 
@@ -389,6 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="CPU autocast precision (default bf16)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 100)")
     p.add_argument("--hand-model", default=None, help="converted MANO .npz (default: procedural hand)")
+    p.add_argument("--extrinsics", action="store_true", help="known camera rotations in the consistency loss "
+                   "(the paper's training scheme 2; default: Procrustes, scheme 1)")
+    p.add_argument("--confidence", choices=("refined", "raw"), default=None,
+                   help="label confidence: the pipeline's refined one (default) or the labeler's raw one (the paper)")
+    p.add_argument("--weak-camera", default=None, metavar="NAME", help="weakly supervised variant: this camera's "
+                   "2D ground truth replaces its labels")
+    p.add_argument("--gamma", type=float, default=None, help="shape prior weight (default 1, the official code)")
+    p.add_argument("--points", choices=("mesh", "joints"), default=None,
+                   help="3D losses on mesh vertices and joints (default, official) or joints only")
+    p.add_argument("--distill-to", choices=("fused", "interaction"), default=None,
+                   help="distillation target: the fused multi-view result (default, official) or the view's own "
+                   "interaction output")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     _scheduler_options(p)
     p.set_defaults(func=_train)

@@ -18,7 +18,7 @@ import luigi
 from pipeline.prepare import version_hash
 from pipeline.provenance import code_version
 
-from .base import HamucoTask, at_least, in_range, optional, positive_finite
+from .base import HamucoTask, at_least, in_range, positive_finite
 
 
 class DatasetIndex(luigi.ExternalTask):
@@ -47,15 +47,22 @@ class TrainModel(HamucoTask):
     use_extrinsics = luigi.BoolParameter(default=False)
     precision = luigi.ChoiceParameter(choices=["bf16", "fp32"], default="bf16",
                                       description="bf16 CPU autocast (bench/train.py: same loss, 1.7x faster)")
-    weak_view = luigi.OptionalIntParameter(default=None, description="weakly supervised: view position whose "
-                                           "labels are replaced by 2D ground truth (confidence 1)")
+    weak_camera = luigi.OptionalParameter(default=None, description="weakly supervised (seed C.4): the camera "
+                                          "whose 2D ground truth replaces its labels (confidence 1)")
     consistency_weight = luigi.FloatParameter(default=1.0, description="weight of the multi-view consistency loss")
-    alpha = luigi.FloatParameter(default=0.01, description="pose prior weight (seed B.4)")
-    gamma = luigi.FloatParameter(default=100.0, description="shape prior weight (seed B.4)")
+    distillation_weight = luigi.FloatParameter(default=1.0, description="weight of the distillation loss")
+    alpha = luigi.FloatParameter(default=0.01, description="pose prior weight (seed B.4, official code)")
+    gamma = luigi.FloatParameter(default=1.0, description="shape prior weight (official code 1; the seed's 100 is "
+                                 "the other reading)")
+    points = luigi.ChoiceParameter(choices=["mesh", "joints"], default="mesh",
+                                   description="3D terms on the mesh vertices and joints (official) or joints only")
+    distill_to = luigi.ChoiceParameter(choices=["fused", "interaction"], default="fused",
+                                       description="distillation target: the fused multi-view result (official) "
+                                       "or the view's own interaction output")
     checks = {"steps": at_least(1), "batch_size": at_least(1), "lr": positive_finite(),
               "weight_decay": in_range(0, 10), "checkpoint_every": at_least(1), "seed": in_range(0, 2**32 - 1),
-              "num_workers": in_range(0, 64), "weak_view": optional(at_least(0)),
-              "consistency_weight": in_range(0, 1e6), "alpha": in_range(0, 1e6), "gamma": in_range(0, 1e6)}
+              "num_workers": in_range(0, 64), "consistency_weight": in_range(0, 1e6),
+              "distillation_weight": in_range(0, 1e6), "alpha": in_range(0, 1e6), "gamma": in_range(0, 1e6)}
 
     def requires(self):
         return DatasetIndex(path=self.dataset)
@@ -87,7 +94,7 @@ class TrainModel(HamucoTask):
         index = load_index(self.dataset)
         torch.manual_seed(self.seed)  # the network's initialisation is part of the run: same seed, same bits
         data = ShardDataset(self.dataset, split="train", confidence=self.confidence, augmentation=Augmentation(),
-                            seed=self.seed)
+                            seed=self.seed, weak_camera=self.weak_camera)
         size = int(index["crop_size"])
         model = HaMuCo(backbone_name=self.backbone, backbone_weights=self.backbone_weights,
                        hand_model=self.hand_model, image_size=size)
@@ -99,7 +106,9 @@ class TrainModel(HamucoTask):
         cfg = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                           checkpoint_every=self.checkpoint_every, seed=self.seed, num_workers=self.num_workers,
                           precision=self.precision, channels_last=True)
-        objective = HaMuCoObjective(LossWeights(alpha=self.alpha, gamma=self.gamma,
-                                                consistency=self.consistency_weight), self.use_extrinsics,
-                                    self.weak_view)
+        weights = LossWeights(alpha=self.alpha, gamma=self.gamma, consistency=self.consistency_weight,
+                              distillation=self.distillation_weight)
+        objective = HaMuCoObjective(weights, use_extrinsics=self.use_extrinsics,
+                                    weak_supervision=self.weak_camera is not None, points=self.points,
+                                    distill_to=self.distill_to)
         Trainer(model, data, objective, cfg, self.run_dir, architecture, provenance).train(resume=True)

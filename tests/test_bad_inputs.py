@@ -294,6 +294,8 @@ CASES = [
          ["batch_size (--batch-size) must be at least 1, got 0"], absent=["train"]),
     Case("learning rate NaN", lambda c: _train(c, "--lr", "nan"), USAGE, ["lr (--lr) must be a positive finite"],
          absent=["train"]),
+    Case("weak supervision by a camera the capture does not have", lambda c: _train(c, "--weak-camera", "cam99"),
+         USAGE, [".h5", "no camera 'cam99' for weak supervision", "cam00"], absent=["train"]),
     Case("synthetic capture of 0 cameras", lambda c: ["synth", c.tmp / "syn", "--cameras", "0"], USAGE,
          ["--cameras", "must be at least 1"], absent=["syn"]),
     Case("central scheduler unreachable", lambda c: _prep(c, None, "--scheduler-host", "127.0.0.1",
@@ -344,6 +346,23 @@ CASES = [
 ]
 
 
+def _log_case(case: Case, result, tmp_path: Path) -> None:
+    """With HAMUCO_CATALOGUE_LOG=<file>, append what the user saw (for the documentation of the catalogue)."""
+    log = os.environ.get("HAMUCO_CATALOGUE_LOG")
+    if not log:
+        return
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and "%|" not in ln]
+    said = [ln for ln in lines if "error" in ln.lower()] or lines[-1:]
+    if case.status == OK:
+        reasons = []
+        for report in tmp_path.glob("out/**/quarantine.json"):
+            reasons += [f"{e['frame']}/{e['camera']}: {e['reason']}" for e in json.loads(report.read_text())["entries"]
+                        if e["action"] == "skipped"]
+        said = said + reasons[:2]
+    with open(log, "a") as f:
+        f.write(json.dumps({"case": case.name, "status": result.returncode, "said": said[:3]}) + "\n")
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input(case, small_capture, tiny_dataset, tiny_checkpoint, tmp_path):
     ctx = Ctx(tmp_path, small_capture.root, tiny_dataset, tiny_checkpoint)
@@ -361,6 +380,7 @@ def test_bad_input(case, small_capture, tiny_dataset, tiny_checkpoint, tmp_path)
     for rel in case.absent:
         assert not (tmp_path / rel).exists(), f"{rel} was written by a refused run"
     assert not temporaries(tmp_path)
+    _log_case(case, result, tmp_path)
     if case.quarantined:
         (index,) = (tmp_path / "out").glob("dataset-*.json")
         reports = json.loads(index.read_text())["quarantine"]

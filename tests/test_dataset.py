@@ -30,7 +30,9 @@ def test_items_have_model_ready_shapes(index_path):
     item = ds[0]
     assert item["images"].shape == (4, 3, 256, 256) and item["images"].dtype == torch.float32
     assert item["keypoints"].shape == (4, 21, 2) and item["confidence"].shape == (4, 21)
-    assert item["view_mask"].dtype == torch.bool and item["gt_joints_world"].shape == (21, 3)
+    assert item["view_mask"].dtype == torch.bool
+    assert not [k for k in item if "gt" in k or "weak" in k]  # no ground truth in a training item
+    assert ShardDataset(index_path, split="train", ground_truth=True)[0]["gt_joints_world"].shape == (21, 3)
     assert abs(float(item["images"].mean())) < 2.0  # normalised
     index = json.loads(Path(index_path).read_text())
     raw = ShardDataset(index_path, split="train", confidence="raw")[0]["confidence"]
@@ -42,7 +44,7 @@ def test_items_have_model_ready_shapes(index_path):
 
 
 def test_augmentation_keeps_labels_and_geometry_consistent(index_path):
-    ds = ShardDataset(index_path, split="train", augmentation=Augmentation(rotation_deg=10))
+    ds = ShardDataset(index_path, split="train", augmentation=Augmentation(rotation_deg=10), ground_truth=True)
     item = ds[1]
     order = item["view_order"].numpy()
     assert sorted(order) == [0, 1, 2, 3]
@@ -87,3 +89,30 @@ def test_dataloader_workers_read_their_own_handles(index_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, shuffle=False)
     for a, b in zip(single, loader):
         assert torch.equal(a["images"], b["images"][0]) and torch.equal(a["view_order"], b["view_order"][0])
+
+
+def test_weak_camera_brings_only_that_cameras_2d_ground_truth(index_path):
+    """Across shuffled epochs, ``weak_joints_2d`` holds the named camera's 2D ground truth at whichever
+    position the shuffle put it, and nothing anywhere else; the other ground truth never comes."""
+    truth = ShardDataset(index_path, split="train", augmentation=Augmentation(), seed=3, ground_truth=True)
+    cams = truth.readers[0].camera_names
+    valid = sum(r.field("view_valid").sum(0) for r in truth.readers)
+    name = cams[int(np.argmax(valid))]  # the camera that saw the hand most often
+    train = ShardDataset(index_path, split="train", augmentation=Augmentation(), seed=3, weak_camera=name)
+    positions = set()
+    for epoch in range(6):
+        train.set_epoch(epoch)
+        truth.set_epoch(epoch)
+        for i in range(len(train)):
+            item, ref = train[i], truth[i]
+            assert not [k for k in item if k.startswith("gt_")]
+            known = torch.isfinite(item["weak_joints_2d"]).all(-1).any(-1)  # (V,) positions with a weak label
+            slot = [v for v in range(len(cams)) if cams[int(item["view_order"][v])] == name][0]
+            assert known.tolist() == [v == slot and bool(item["view_mask"][v]) for v in range(len(cams))]
+            if known[slot]:
+                assert torch.equal(item["weak_joints_2d"][slot], ref["gt_joints_2d"][slot])
+                positions.add(slot)
+            assert torch.equal(item["images"], ref["images"])  # the same draw as without weak labels
+    assert len(positions) > 1  # the camera moved between positions, and its labels followed it
+    with pytest.raises(HamucoError, match="no camera 'cam99'.*cam00"):
+        ShardDataset(index_path, split="train", weak_camera="cam99")

@@ -80,17 +80,25 @@ def test_cli_train_errors(tmp_path, capsys):
 
 def test_weak_supervision_and_extrinsics_options(dataset):
     from model.objective import HaMuCoObjective
-    from pipeline.dataset import ShardDataset
+    from pipeline.dataset import Augmentation, ShardDataset
 
-    ds = ShardDataset(dataset)
+    ds = ShardDataset(dataset, augmentation=Augmentation(), weak_camera="cam01")
     batch = {k: v[None] for k, v in ds[0].items()}
     torch.manual_seed(0)
     model = HaMuCo("resnet18", image_size=128).eval()
     plain = HaMuCoObjective()(model, batch, 0)
-    torch.manual_seed(0)
-    view = int(batch["view_mask"][0].nonzero()[0])
-    weak = HaMuCoObjective(weak_view=view)(model, batch, 0)
-    assert not torch.isclose(plain["joint_2d/single"], weak["joint_2d/single"])  # other labels, confidence 1
+    weak = HaMuCoObjective(weak_supervision=True)
+    keypoints, conf = weak.labels(batch)
+    slot = (batch["view_order"][0] == ds.readers[0].camera_names.index("cam01")).nonzero().item()
+    others = [v for v in range(batch["view_mask"].shape[1]) if v != slot]
+    assert torch.equal(keypoints[:, others], batch["keypoints"][:, others])  # only that camera's labels change
+    assert torch.equal(conf[:, others], batch["confidence"][:, others])
+    if batch["view_mask"][0, slot]:
+        assert torch.all(conf[:, slot] == 1)
+        assert torch.allclose(keypoints[:, slot], batch["weak_joints_2d"][:, slot])
+        assert not torch.isclose(plain["joint_2d/single"], weak(model, batch, 0)["joint_2d/single"])
+    with pytest.raises(HamucoError, match="weak_joints_2d"):
+        weak.labels({k: v for k, v in batch.items() if k != "weak_joints_2d"})
     calibrated = HaMuCoObjective(use_extrinsics=True)(model, batch, 0)
     assert torch.isfinite(calibrated["consistency"]) and torch.isfinite(calibrated["total"])
 
