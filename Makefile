@@ -32,10 +32,11 @@ test: venv chromium
 bench: venv
 	$(BIN)/python bench/synth.py
 
-# Train on larger synthetic captures with pipeline pseudo labels only; writes RESULTS.md and
-# results/science.json (about an hour on 2 cores).
+# The science benchmark under bench/PROTOCOL.md (held-out captures, 3 seeds, intervals, baselines,
+# ablations, noise curve) as Luigi tasks; writes RESULTS.md and results/science.json (see RESULTS.md
+# for its run time on 2 cores). Interrupted, it resumes; SCIENCE_ARGS='--quick' is a smoke run.
 science: venv
-	$(BIN)/python bench/science.py --out science_output --results results
+	$(BIN)/python bench/science.py --out science_output --results results $(SCIENCE_ARGS)
 
 clean:
 	rm -rf $(DEMO) build *.egg-info

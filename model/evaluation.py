@@ -133,6 +133,18 @@ def _nanmedian(x: np.ndarray) -> float:
     return float(np.median(x)) if x.size else float("nan")
 
 
+def auc_per_prediction(pa_joint: np.ndarray, max_mm: float = 50.0, steps: int = 100) -> np.ndarray:
+    """The AUC of the PCK curve over 0–``max_mm`` of each prediction's Procrustes-aligned joint errors
+    (..., 21) metres → (...); NaN where a joint error is NaN. The mean of these over predictions equals
+    the AUC of the pooled PCK curve with the same weights (both are linear in the indicator counts)."""
+    e = np.asarray(pa_joint, np.float64) * 1000.0
+    t = np.linspace(0.0, max_mm, steps)
+    with np.errstate(invalid="ignore"):
+        pck = (e[..., None] <= t).mean(axis=-2)  # (..., T)
+    auc = np.sum((pck[..., 1:] + pck[..., :-1]) * np.diff(t), axis=-1) / 2 / max_mm
+    return np.where(np.all(np.isfinite(e), axis=-1), auc, np.nan)
+
+
 def sample_weights(values: np.ndarray) -> np.ndarray:
     """Weights giving every sample the same total weight: for per-view errors (N, V) each finite view
     of a sample weighs 1 / (its sample's finite views); for per-sample errors (N,) each finite one 1."""

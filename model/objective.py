@@ -54,6 +54,7 @@ class HaMuCoObjective:
     weak_supervision: bool = False
     points: str = "mesh"
     distill_to: str = "fused"
+    single_view_only: bool = False  # ablation: only the single-view branch's terms (no cross-view branch)
 
     def __post_init__(self) -> None:
         if self.points not in POINTS:
@@ -105,5 +106,7 @@ class HaMuCoObjective:
             "pose_prior/single": pose_prior(out.single.pose_axis_angle[valid, 3:], mean_pose),
             "pose_prior/interaction": pose_prior(out.fused.pose_axis_angle[valid, 3:], mean_pose),
         }
+        if self.single_view_only:
+            terms = {k: v for k, v in terms.items() if k.endswith("/single")}
         terms["total"] = total_loss(terms, self.weights)
         return terms

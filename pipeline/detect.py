@@ -30,6 +30,7 @@ class Hand:
     landmarks: np.ndarray  # (21, 2) image pixels, OpenPose order (MediaPipe's order is the same)
     handedness: str  # "right" or "left", for a non-mirrored image
     score: float  # MediaPipe's handedness classification score
+    world: Optional[np.ndarray] = None  # (21, 3) MediaPipe's 3D world landmarks, metres, hand-centred
 
 
 @dataclass
@@ -82,11 +83,13 @@ class MediaPipeHands:
         h, w = image_bgr.shape[:2]
         res = self._hands.process(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
         hands = []
-        for lms, cls in zip(res.multi_hand_landmarks or [], res.multi_handedness or []):
+        worlds = res.multi_hand_world_landmarks or [None] * len(res.multi_hand_landmarks or [])
+        for lms, cls, wl in zip(res.multi_hand_landmarks or [], res.multi_handedness or [], worlds):
             pts = np.array([[p.x * w, p.y * h] for p in lms.landmark])
             label = cls.classification[0].label.lower()
+            world = None if wl is None else np.array([[p.x, p.y, p.z] for p in wl.landmark], np.float64)
             hands.append(Hand(landmarks=pts, handedness="left" if label == "right" else "right",
-                              score=float(cls.classification[0].score)))
+                              score=float(cls.classification[0].score), world=world))
         return hands
 
     def close(self) -> None:

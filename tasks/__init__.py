@@ -4,3 +4,4 @@ from .prepare import (CaptureReport, Demo, DetectHands, LabelShard, OpenPoseLabe
 from .train import DatasetIndex, TrainModel  # noqa: F401,E402
 from .evaluate import Checkpoint, EvaluateModel  # noqa: F401,E402
 from .hanco import ReproduceHanCo  # noqa: F401,E402
+from .science import BaselineFrameErrors, NetworkFrameErrors  # noqa: F401,E402

@@ -59,6 +59,9 @@ class TrainModel(HamucoTask):
     distill_to = luigi.ChoiceParameter(choices=["fused", "interaction"], default="fused",
                                        description="distillation target: the fused multi-view result (official) "
                                        "or the view's own interaction output")
+    branches = luigi.ChoiceParameter(choices=["both", "single"], default="both",
+                                     description="'single': the ablation training only the single-view branch "
+                                     "(its 2D and prior terms; no cross-view terms)")
     checks = {"steps": at_least(1), "batch_size": at_least(1), "lr": positive_finite(),
               "weight_decay": in_range(0, 10), "checkpoint_every": at_least(1), "seed": in_range(0, 2**32 - 1),
               "num_workers": in_range(0, 64), "consistency_weight": in_range(0, 1e6),
@@ -110,5 +113,5 @@ class TrainModel(HamucoTask):
                               distillation=self.distillation_weight)
         objective = HaMuCoObjective(weights, use_extrinsics=self.use_extrinsics,
                                     weak_supervision=self.weak_camera is not None, points=self.points,
-                                    distill_to=self.distill_to)
+                                    distill_to=self.distill_to, single_view_only=self.branches == "single")
         Trainer(model, data, objective, cfg, self.run_dir, architecture, provenance).train(resume=True)
