@@ -32,7 +32,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import luigi  # noqa: E402
 import numpy as np  # noqa: E402
 
 from model.statistics import paired_difference, seed_frame_interval  # noqa: E402
@@ -107,15 +106,14 @@ class Runner:
         self.host, self.port = args.scheduler_host, args.scheduler_port
 
     def build(self, tasks: list, what: str) -> None:
+        """Run ``tasks`` (the local scheduler, or the luigid all workers share); a failure ends the run."""
+        from tasks.runner import run_tasks
+
         log(f"{what}: {len(tasks)} task(s)")
-        kw = dict(workers=self.workers, log_level="WARNING", detailed_summary=True)
-        if self.host:
-            kw.update(scheduler_host=self.host, scheduler_port=self.port)
-        else:
-            kw.update(local_scheduler=True)
-        res = luigi.build(tasks, **kw)
-        if not res.scheduling_succeeded or res.status.name not in ("SUCCESS", "SUCCESS_WITH_RETRY"):
-            raise SystemExit(f"science: {what} failed:\n{res.summary_text}")
+        res = run_tasks(tasks, workers=self.workers, scheduler_host=self.host, scheduler_port=self.port,
+                        prefix="science")
+        if not res.ok:
+            raise SystemExit(f"science: {what} failed: " + "; ".join(res.failures))
 
 
 @dataclass

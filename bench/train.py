@@ -22,7 +22,8 @@ CONFIGS = {"resnet50": (1, 8), "resnet18": (4, 8)}
 VARIANTS = ("fp32", "channels_last", "bf16")
 
 
-def worker(backbone: str, groups: int, views: int, variant: str, steps: int, warmup: int) -> dict:
+def worker(backbone: str, groups: int, views: int, variant: str, steps: int, warmup: int,
+           device: str = "cpu") -> dict:
     import resource
     import time
 
@@ -37,6 +38,7 @@ def worker(backbone: str, groups: int, views: int, variant: str, steps: int, war
     params = sum(p.numel() for p in model.parameters())
     if variant in ("channels_last", "bf16"):
         model = model.to(memory_format=torch.channels_last)
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
     objective = HaMuCoObjective()
     g = torch.Generator().manual_seed(1)
@@ -48,26 +50,173 @@ def worker(backbone: str, groups: int, views: int, variant: str, steps: int, war
         "extrinsics": torch.zeros(groups, views, 3, 4),
         "extrinsics_known": torch.zeros(groups, views, dtype=torch.bool),
     }
+    batch = {k: v.to(device) for k, v in batch.items()}
+    cuda = device.startswith("cuda")
+    util = GpuUtilisation() if cuda else None
     times, first_loss = [], None
     model.train()
     for step in range(warmup + steps):
+        if step == warmup and util:
+            util.start()
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
             losses = objective(model, batch, step)
         opt.zero_grad(set_to_none=True)
         losses["total"].float().backward()
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         if first_loss is None:
             first_loss = float(losses["total"])
         if step >= warmup:
             times.append(dt)
     times.sort()
-    return {"backbone": backbone, "groups": groups, "views": views, "variant": variant,
+    gpu = util.stop() if util else None
+    breakdown = stage_breakdown(model, objective, opt, batch, variant) if variant == "bf16" and not cuda else None
+    return {"backbone": backbone, "groups": groups, "views": views, "variant": variant, "breakdown": breakdown,
+            "device": device, "gpu": gpu,
             "s_per_step": round(times[len(times) // 2], 3), "first_loss": round(first_loss, 5),
             "params_M": round(params / 1e6, 1),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
             "threads": torch.get_num_threads()}
+
+
+class GpuUtilisation:
+    """Samples the GPU's utilisation (NVML, every 0.1 s) from a thread between start() and stop()."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import torch
+
+        while not self._stop.wait(0.1):
+            try:
+                self.samples.append(int(torch.cuda.utilization()))
+            except Exception:  # no NVML: nothing to sample
+                return
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> dict:
+        import torch
+
+        self._stop.set()
+        self._thread.join()
+        s = self.samples
+        return {"name": torch.cuda.get_device_name(), "utilisation_mean_pct": round(sum(s) / len(s), 1) if s else None,
+                "samples": len(s), "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)}
+
+
+def stage_breakdown(model, objective, opt, batch, variant: str, steps: int = 2) -> dict:
+    """Seconds per stage of one training step (median of ``steps``): the forward stages timed by module
+    hooks (backbone, hand-model decoding, graph features, cross-view interaction), the loss terms
+    (Procrustes alignment and losses: the objective's time outside the network), the backbone's
+    backward (a separate backward through the backbone alone on the same input), the whole backward,
+    and the optimizer; plus the step's FLOPs and its ratio to the compute bound (FLOPs at this
+    machine's measured convolution rate)."""
+    import statistics
+    import time
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    stamps: dict[str, float] = {}
+    acc: dict[str, list] = {}
+
+    def hooks(name, module):
+        def pre(*_):
+            stamps[name] = time.perf_counter()
+
+        def post(*_):
+            acc.setdefault(name, [0.0])[-1] += time.perf_counter() - stamps[name]
+        return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+    stages = {"backbone_forward": model.single_view.backbone, "hand_model_decoding": model.hand_model,
+              "graph_features": model.graph_features, "cross_view_interaction": model.cross_view,
+              "network_forward": model}
+    handles = [h for name, m in stages.items() for h in hooks(name, m)]
+    rows = []
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16")
+    try:
+        for _ in range(steps):
+            for v in acc.values():
+                v.append(0.0)
+            for name in stages:
+                acc.setdefault(name, [0.0])
+            t0 = time.perf_counter()
+            with autocast:
+                losses = objective(model, batch, 0)
+            t1 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            losses["total"].float().backward()
+            t2 = time.perf_counter()
+            opt.step()
+            t3 = time.perf_counter()
+            row = {k: v[-1] for k, v in acc.items()}
+            row["losses_and_procrustes"] = (t1 - t0) - row["network_forward"]
+            row["backward_total"] = t2 - t1
+            row["optimizer"] = t3 - t2
+            row["step"] = t3 - t0
+            rows.append(row)
+    finally:
+        for h in handles:
+            h.remove()
+    # the backbone's own backward on the same input
+    images = batch["images"].flatten(0, 1)
+    if variant in ("channels_last", "bf16"):
+        images = images.contiguous(memory_format=torch.channels_last)
+    bb = []
+    for _ in range(steps):
+        with autocast:
+            feats = model.single_view.backbone(images)
+        loss = sum(f.float().mean() for f in feats)
+        t0 = time.perf_counter()
+        loss.backward()
+        bb.append(time.perf_counter() - t0)
+        opt.zero_grad(set_to_none=True)
+    out = {k: round(statistics.median(r[k] for r in rows), 4) for k in rows[0]}
+    out["backbone_backward"] = round(statistics.median(bb), 4)
+    out["rest_of_backward"] = round(out["backward_total"] - out["backbone_backward"], 4)
+    out["hand_model_decoding_note"] = "inside backbone-free forward; called twice (single and interaction)"
+    with FlopCounterMode(display=False) as fc:
+        with autocast:
+            losses = objective(model, batch, 0)
+        losses["total"].float().backward()
+    opt.zero_grad(set_to_none=True)
+    flops = fc.get_total_flops()
+    rate = conv_rate(variant)
+    out["step_gflop"] = round(flops / 1e9, 1)
+    out["conv_gflops_per_s"] = round(rate / 1e9, 1)
+    out["compute_bound_s"] = round(flops / rate, 3)
+    out["ratio_to_compute_bound"] = round(out["step"] / (flops / rate), 2)
+    return out
+
+
+def conv_rate(variant: str) -> float:
+    """FLOP/s of a large 3×3 convolution (forward) on this CPU in the variant's precision."""
+    import time
+
+    import torch
+
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False)
+    x = torch.randn(8, 256, 32, 32)
+    if variant in ("channels_last", "bf16"):
+        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    flops = 2 * 8 * 256 * 256 * 9 * 32 * 32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+        conv(x)
+        t0 = time.perf_counter()
+        for _ in range(5):
+            conv(x)
+        dt = (time.perf_counter() - t0) / 5
+    return flops / dt
 
 
 def main() -> None:
@@ -75,19 +224,29 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--only", choices=sorted(CONFIGS), default=None)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--worker", nargs=4, metavar=("BACKBONE", "GROUPS", "VIEWS", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         b, gr, v, var = args.worker
-        print(json.dumps(worker(b, int(gr), int(v), var, args.steps, args.warmup)))
+        print(json.dumps(worker(b, int(gr), int(v), var, args.steps, args.warmup, args.device)))
         return
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print("no CUDA device here: the GPU benchmark runs where one is (python bench/train.py --device cuda)")
+            print(json.dumps({"benchmark": "train", "device": args.device, "available": False}))
+            return
     results = []
     for backbone, (groups, views) in CONFIGS.items():
         if args.only and backbone != args.only:
             continue
         for variant in VARIANTS:
+            if args.device != "cpu" and variant == "channels_last":
+                continue
             out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                                  "--worker", backbone, str(groups), str(views), variant],
+                                  "--device", args.device, "--worker", backbone, str(groups), str(views), variant],
                                  capture_output=True, text=True, cwd=REPO, env={**os.environ})
             if out.returncode != 0:
                 print(f"{backbone} {variant}: failed\n{out.stderr[-2000:]}", flush=True)
@@ -110,9 +269,11 @@ def main() -> None:
                              "fastest_peak_rss_gb": best["peak_rss_gb"],
                              "speedup_vs_fp32": round(ref["s_per_step"] / best["s_per_step"], 2),
                              "variants": {k: {"s_per_step": r["s_per_step"], "peak_rss_gb": r["peak_rss_gb"],
-                                              "loss_matches_fp32": k in ok} for k, r in rs.items()}}
+                                              "loss_matches_fp32": k in ok} for k, r in rs.items()},
+                             "bf16_stage_breakdown_s": rs.get("bf16", {}).get("breakdown"),
+                             "gpu": best.get("gpu")}
     r50 = summary.get("resnet50", {})
-    print(json.dumps({"benchmark": "train", "results": summary,
+    print(json.dumps({"benchmark": "train", "device": args.device, "results": summary,
                       "goal": {"resnet50_1x8_s_per_step": 1.25, "official_s_per_step": 2.5, "official_rss_gb": 4.1},
                       "resnet50_ratio_to_official": round(2.5 / r50["fastest_s_per_step"], 2) if r50 else None}))
 

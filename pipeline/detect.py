@@ -188,14 +188,18 @@ def select_consistent(capture: Capture, frame_index: int, candidates: list[list[
 
 
 def detect_frame(capture: Capture, frame_index: int, detector: MediaPipeHands, margin: float = DEFAULT_MARGIN,
-                 images: Optional[list[np.ndarray]] = None) -> list[ViewDetection]:
-    """Detect the hand in every view of one frame (reads the images unless given)."""
+                 images: Optional[list[np.ndarray]] = None, times=None) -> list[ViewDetection]:
+    """Detect the hand in every view of one frame (reads the images unless given). ``times``: a
+    :class:`pipeline.provenance.StageTimes` to add the decode, detect and select seconds to."""
     from .capture import CaptureError
+    from .provenance import StageTimes
 
+    times = times if times is not None else StageTimes()
     candidates, unreadable = [], {}
     for ci in range(capture.num_views):
         try:
-            img = images[ci] if images is not None else capture.read_image(ci, frame_index)
+            with times("decode"):
+                img = images[ci] if images is not None else capture.read_image(ci, frame_index)
         except CaptureError as exc:
             candidates.append([])
             unreadable[ci] = str(exc)
@@ -206,8 +210,10 @@ def detect_frame(capture: Capture, frame_index: int, detector: MediaPipeHands, m
             unreadable[ci] = (f"image is {img.shape[1]}x{img.shape[0]} but the calibration says "
                               f"{cam.width}x{cam.height}")
             continue
-        candidates.append(detector(img))
-    views = select_consistent(capture, frame_index, candidates, margin)
+        with times("detect"):
+            candidates.append(detector(img))
+    with times("select"):
+        views = select_consistent(capture, frame_index, candidates, margin)
     for ci, why in unreadable.items():
         views[ci].status = INVALID
         views[ci].reason = f"unusable image: {why}"

@@ -26,7 +26,7 @@ from .capture import Capture, CaptureError, atomic_write_bytes, load_capture
 from .crop import DEFAULT_CROP_SIZE, DEFAULT_MARGIN, apply_affine, crop_affine, crop_intrinsics, invert_affine, \
     warp_crop
 from .detect import DETECTED, INVALID, RECOVERED, MediaPipeHands, ViewDetection, detect_frame
-from .provenance import code_version
+from .provenance import StageTimes, code_version
 
 HANCO_PREFIX = "hanco:"
 
@@ -135,14 +135,18 @@ class DetectorParams:
 
 
 def detect_frames(capture: Capture, frames: Sequence[int], params: DetectorParams,
-                  progress: bool = True) -> list[list[ViewDetection]]:
-    """Per frame, per view: the chosen hand box (detected, recovered or invalid with a reason)."""
+                  progress: bool = True, times: Optional[StageTimes] = None) -> list[list[ViewDetection]]:
+    """Per frame, per view: the chosen hand box (detected, recovered or invalid with a reason).
+    ``times``: a :class:`StageTimes` to add the seconds of each stage to."""
     if capture.layout == "hanco":
         return [_whole_image_views(capture, fi) for fi in frames]
     out = []
-    with MediaPipeHands(params.max_num_hands, params.min_detection_confidence, params.model_complexity) as det:
+    times = times if times is not None else StageTimes()
+    with times("detector_load"):
+        det = MediaPipeHands(params.max_num_hands, params.min_detection_confidence, params.model_complexity)
+    with det:
         for fi in tqdm(frames, desc=f"detect {capture.name}", unit="frame", disable=not progress):
-            out.append(detect_frame(capture, fi, det, params.margin))
+            out.append(detect_frame(capture, fi, det, params.margin, times=times))
     return out
 
 
@@ -182,9 +186,10 @@ class RefineParams:
 
 def make_labeler(name: str, weights_path: Optional[str] = None, weights_url: Optional[str] = None,
                  weights_sha256: Optional[str] = None, model_dir: Optional[str] = None,
-                 file_name: Optional[str] = None, noise: Optional[dict] = None):
+                 file_name: Optional[str] = None, noise: Optional[dict] = None, precision: str = "fp32"):
     """The labeler by name: ``mediapipe``, ``openpose``, ``imported`` (HanCo's published labels)
-    or ``noisy-gt`` (projected ground truth with the ``noise`` settings, for label-noise studies)."""
+    or ``noisy-gt`` (projected ground truth with the ``noise`` settings, for label-noise studies).
+    ``precision``: OpenPose's ``fp32`` (exact, default) or ``fast`` path (bf16 on a CPU, fp16 on a GPU)."""
     if name == "noisy-gt":
         from .labelers.noisy_gt import NoisyGroundTruthLabeler
 
@@ -197,7 +202,8 @@ def make_labeler(name: str, weights_path: Optional[str] = None, weights_url: Opt
         from .labelers.openpose import DEFAULT_FILE_NAME, DEFAULT_URL, OpenPoseLabeler
 
         return OpenPoseLabeler(weights_path=weights_path, weights_url=weights_url or DEFAULT_URL,
-                               sha256=weights_sha256, model_dir=model_dir, file_name=file_name or DEFAULT_FILE_NAME)
+                               sha256=weights_sha256, model_dir=model_dir, file_name=file_name or DEFAULT_FILE_NAME,
+                               precision=precision)
     if name == "imported":
         return None
     raise HamucoError(f"unknown labeler {name!r}: choose mediapipe, openpose, imported or noisy-gt")
@@ -215,9 +221,11 @@ def _imported_labels(capture: Capture, fi: int, ci: int, affine: np.ndarray) -> 
     return apply_affine(kp, affine).astype(np.float32), np.where(missing, 0.0, conf).astype(np.float32)
 
 
-def crop_views(capture: Capture, fi: int, views: list[ViewDetection], crop_size: int = DEFAULT_CROP_SIZE):
+def crop_views(capture: Capture, fi: int, views: list[ViewDetection], crop_size: int = DEFAULT_CROP_SIZE,
+               times: Optional[StageTimes] = None):
     """The hand crops of one frame: (BGR crops (V, S, S, 3), affines (V, 2, 3) image → crop, NaN for
     invalid views, valid (V,) bool, quarantine entries for skipped and recovered views)."""
+    times = times if times is not None else StageTimes()
     V = capture.num_views
     crops = np.zeros((V, crop_size, crop_size, 3), np.uint8)
     affines = np.zeros((V, 2, 3))
@@ -230,13 +238,15 @@ def crop_views(capture: Capture, fi: int, views: list[ViewDetection], crop_size:
             continue
         affines[ci] = crop_affine(v.box, crop_size, flip=v.flipped)
         try:
-            image = capture.read_image(ci, fi)
+            with times("decode"):
+                image = capture.read_image(ci, fi)
         except CaptureError as exc:
             valid[ci] = False
             affines[ci] = np.nan
             quarantine.append(_entry(v, "skipped", f"unusable image: {exc}"))
             continue
-        crops[ci] = warp_crop(image, affines[ci], crop_size)
+        with times("crop"):
+            crops[ci] = warp_crop(image, affines[ci], crop_size)
         if v.status == RECOVERED:
             quarantine.append(_entry(v, "recovered", v.reason))
     return crops, affines, valid, quarantine
@@ -244,11 +254,13 @@ def crop_views(capture: Capture, fi: int, views: list[ViewDetection], crop_size:
 
 def label_frames(capture: Capture, frames: Sequence[int], detections: list[list[ViewDetection]], labeler,
                  crop_size: int = DEFAULT_CROP_SIZE, refine: RefineParams = RefineParams(),
-                 progress: bool = True):
+                 progress: bool = True, times: Optional[StageTimes] = None):
     """Crops, labels and (calibrated captures) multi-view refinement for each frame.
 
-    Yields ``(ShardSample, quarantine entries)`` per frame.
+    Yields ``(ShardSample, quarantine entries)`` per frame; ``times`` gets the seconds of decoding,
+    cropping, labelling and refinement.
     """
+    times = times if times is not None else StageTimes()
     from .shards import ShardSample
     from .triangulate import projection_matrices, triangulate_ransac
 
@@ -263,10 +275,11 @@ def label_frames(capture: Capture, frames: Sequence[int], detections: list[list[
     for fi, views in tqdm(list(zip(frames, detections)), desc=f"label {capture.name}", unit="frame",
                           disable=not progress):
         fid = capture.frame_ids[fi]
-        crops, affines, valid, quarantine = crop_views(capture, fi, views, crop_size)
+        crops, affines, valid, quarantine = crop_views(capture, fi, views, crop_size, times)
         kp = np.zeros((V, 21, 2), np.float32)
         conf = np.zeros((V, 21), np.float32)
         idx = np.nonzero(valid)[0]
+        stage = times.begin("label")
         if len(idx):
             if labeler is None:
                 for ci in idx:
@@ -282,6 +295,8 @@ def label_frames(capture: Capture, frames: Sequence[int], detections: list[list[
                 kp[idx], conf[idx] = labeler.label(crops[idx], hints=hints)
             else:
                 kp[idx], conf[idx] = labeler.label(crops[idx])
+        stage.end()
+        stage = times.begin("refine")
         for ci in idx:
             if not np.any(conf[ci] > 0):
                 valid[ci] = False
@@ -315,6 +330,7 @@ def label_frames(capture: Capture, frames: Sequence[int], detections: list[list[
             flipped=np.array([v.flipped for v in views]), crop_affine=affines, crop_K=crop_K, extrinsics=ext,
             extrinsics_known=ext_known, triangulated=triangulated, reprojection_error=reproj,
             gt_joints_world=gt_world, gt_joints_2d=gt_2d, gt_visibility=gt_vis)
+        stage.end()
         yield sample, quarantine
 
 
@@ -324,8 +340,10 @@ def _entry(v: ViewDetection, action: str, reason: str) -> dict:
 
 def write_label_shard(path: Path, capture: Capture, frames: Sequence[int], detections, labeler, labeler_name: str,
                       labeler_params: dict, weights_sha256: str, crop_size: int, refine: RefineParams,
-                      provenance: dict, progress: bool = True) -> list[dict]:
-    """Write one HDF5 shard (atomically); returns the quarantine entries of its frames."""
+                      provenance: dict, progress: bool = True, times: Optional[StageTimes] = None) -> list[dict]:
+    """Write one HDF5 shard (atomically); returns the quarantine entries of its frames (``times``: the
+    seconds per stage, writing included)."""
+    times = times if times is not None else StageTimes()
     from .shards import ShardWriter
 
     remove_stale_temporaries(path)
@@ -335,8 +353,10 @@ def write_label_shard(path: Path, capture: Capture, frames: Sequence[int], detec
              "provenance": provenance}
     entries: list[dict] = []
     with ShardWriter(path, [c.name for c in capture.cameras], crop_size, attrs) as writer:
-        for sample, quarantine in label_frames(capture, frames, detections, labeler, crop_size, refine, progress):
-            writer.add(sample)
+        for sample, quarantine in label_frames(capture, frames, detections, labeler, crop_size, refine, progress,
+                                               times):
+            with times("write"):
+                writer.add(sample)
             entries.extend(quarantine)
     return entries
 

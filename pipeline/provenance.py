@@ -35,3 +35,43 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class StageTimes:
+    """Seconds spent per pipeline stage (decode, detect, select, crop, label, refine, write), summed over
+    calls: ``with times("detect"): ...``. Recorded in the detection and quarantine outputs so that
+    ``bench/prepare.py`` can say where a preparation's time went."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str):
+        return _Stage(self, stage)
+
+    def begin(self, stage: str) -> "_Stage":
+        """Start timing ``stage`` until the returned object's ``end()`` (for blocks a ``with`` would split)."""
+        return _Stage(self, stage).__enter__()
+
+    def to_json(self) -> dict:
+        return {k: round(v, 4) for k, v in self.seconds.items()}
+
+
+class _Stage:
+    __slots__ = ("times", "stage", "t0")
+
+    def __init__(self, times: StageTimes, stage: str) -> None:
+        self.times, self.stage = times, stage
+
+    def __enter__(self):
+        import time
+
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import time
+
+        self.times.seconds[self.stage] = self.times.seconds.get(self.stage, 0.0) + time.perf_counter() - self.t0
+
+    def end(self) -> None:
+        self.__exit__()

@@ -90,7 +90,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
     params = {"captures": list(args.captures), "out": args.out, "labeler": args.labeler,
               "allow_external_paths": args.allow_external_paths}
-    for name in ("frames_per_shard", "crop_size", "noise_sigma_px", "noise_outlier_rate", "noise_confidence"):
+    for name in ("frames_per_shard", "crop_size", "noise_sigma_px", "noise_outlier_rate", "noise_confidence",
+                 "openpose_precision"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     task = PrepareDataset(**params)  # parameters out of range are refused here, before any work
@@ -372,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let capture.json name image files outside the capture directory")
     p.add_argument("--weights", default=None, metavar="PTH",
                    help="OpenPose hand_pose_model.pth on disk (else weights_url / the cache, see luigi.cfg)")
+    p.add_argument("--openpose-precision", choices=("fp32", "fast"), default=None,
+                   help="OpenPose: exact fp32 (default) or the fast path (bf16 on a CPU, fp16 on a GPU; its own "
+                   "label version, bench/labels.py measures the agreement)")
     p.add_argument("--workers", type=_int_at_least(1), default=1, help="Luigi worker processes on this machine")
     _scheduler_options(p)
     p.set_defaults(func=_prepare)

@@ -33,7 +33,7 @@ from pipeline.prepare import (DetectorParams, RefineParams, append_run_log, capt
                               detections_from_json, detections_to_json, format_quarantine, make_labeler,
                               open_capture, quarantine_report, remove_stale_temporaries, shard_frames,
                               split_shards, version_hash, write_json, write_label_shard)
-from pipeline.provenance import code_version
+from pipeline.provenance import StageTimes, code_version
 from pipeline.validate import capture_level_errors, validate_capture
 
 from .base import HamucoTask, at_least, in_range, positive_finite
@@ -121,6 +121,9 @@ class _LabelParams(HamucoTask):
     noise_outlier_rate = luigi.FloatParameter(default=0.0, description="noisy-gt labeler: fraction of outliers")
     noise_confidence = luigi.ChoiceParameter(choices=["informative", "uninformative"], default="informative",
                                              description="noisy-gt labeler: does confidence reflect the error")
+    openpose_precision = luigi.ChoiceParameter(choices=["fp32", "fast"], default="fp32",
+                                               description="OpenPose: exact fp32 (default) or the fast path (bf16 "
+                                               "on a CPU, fp16 on a GPU); part of the label version")
     checks = {"crop_size": in_range(32, 2048), "refine_threshold_px": positive_finite(),
               "noise_sigma_px": in_range(0, 1e4), "noise_outlier_rate": in_range(0, 1)}
 
@@ -160,8 +163,11 @@ class _LabelParams(HamucoTask):
     @property
     def label_version(self) -> str:
         noise = self.noise if self.labeler == "noisy-gt" else None
+        # the fast OpenPose path gives other labels: its own version (fp32 keeps the earlier one)
+        fast = ["openpose-precision", self.openpose_precision] \
+            if self.labeler == "openpose" and self.openpose_precision != "fp32" else []
         return version_hash("label", self.labeler, self.weights_identity(), self.crop_size,
-                            self.refine_params.__dict__, *([noise] if noise else []))
+                            self.refine_params.__dict__, *([noise] if noise else []), *fast)
 
 
 class ValidateCapture(_CaptureTask):
@@ -193,8 +199,10 @@ class DetectHands(_CaptureTask, _DetectParams):
     def run(self):
         frames = shard_frames(self.capture_obj.num_frames, self.frames_per_shard)[self.shard]
         remove_stale_temporaries(Path(self.output().path))
-        dets = detect_frames(self.capture_obj, frames, self.detector_params)
-        meta = {"detector": self.detector_params.__dict__, "code_version": code_version(), "capture": self.capture}
+        times = StageTimes()
+        dets = detect_frames(self.capture_obj, frames, self.detector_params, times=times)
+        meta = {"detector": self.detector_params.__dict__, "code_version": code_version(), "capture": self.capture,
+                "seconds": times.to_json()}
         write_json(Path(self.output().path), detections_to_json(frames, dets, meta))
         append_run_log(Path(self.out), self.task_family, Path(self.output().path))
 
@@ -221,8 +229,10 @@ class LabelShard(_CaptureTask, _DetectParams, _LabelParams):
         doc = json.loads(Path(self.input().path).read_text())
         frames, dets = doc["frames"], detections_from_json(doc)
         w = self.weights
-        labeler = make_labeler(self.labeler, w.weights_path, w.weights_url, w.weights_sha256, w.weights_dir,
-                               w.weights_file_name, noise=self.noise)
+        times = StageTimes()
+        with times("labeler_load"):
+            labeler = make_labeler(self.labeler, w.weights_path, w.weights_url, w.weights_sha256, w.weights_dir,
+                                   w.weights_file_name, noise=self.noise, precision=self.openpose_precision)
         try:
             params = getattr(labeler, "params", {"source": "rgb_2D_keypoints"})
             sha = getattr(labeler, "weights_sha256", "hanco-published")
@@ -230,12 +240,14 @@ class LabelShard(_CaptureTask, _DetectParams, _LabelParams):
                           "label_version": self.label_version, "frames": [frames[0], frames[-1] + 1],
                           "refine": self.refine_params.__dict__, "shard": self.shard}
             entries = write_label_shard(Path(self.output()["shard"].path), self.capture_obj, frames, dets, labeler,
-                                        self.labeler, params, sha, self.crop_size, self.refine_params, provenance)
+                                        self.labeler, params, sha, self.crop_size, self.refine_params, provenance,
+                                        times=times)
         finally:
             if labeler is not None and hasattr(labeler, "close"):
                 labeler.close()
         remove_stale_temporaries(Path(self.output()["quarantine"].path))
-        write_json(Path(self.output()["quarantine"].path), {"frames": frames, "entries": entries})
+        write_json(Path(self.output()["quarantine"].path), {"frames": frames, "entries": entries,
+                                                            "seconds": times.to_json()})
         append_run_log(Path(self.out), self.task_family, Path(self.output()["shard"].path))
 
 

@@ -233,3 +233,19 @@ def test_stop_gradients_where_the_official_code_has_them(hand_model):
     inter.grad = None
     consistency_loss(inter, mode="xy", alignment=align_views(inter)).backward()
     assert inter.grad.abs().sum() > 0 and torch.isfinite(inter.grad).all()
+
+
+def test_single_view_only_ablation_keeps_only_the_single_branch_terms(hand_model):
+    """The 'single-view training only' ablation: the single branch's 2D and prior terms, with the same
+    values as in the full objective, and nothing of the cross-view branch."""
+    B, V = 2, 3
+    model = FixedOutputs(hand_model, B, V, seed=9)
+    batch = make_batch(B, V, seed=9)
+    full = HaMuCoObjective(LossWeights(gamma=3.0))(model, batch, 0)
+    only = HaMuCoObjective(LossWeights(gamma=3.0), single_view_only=True)(model, batch, 0)
+    assert set(only) == {"joint_2d/single", "shape_prior/single", "pose_prior/single", "total"}
+    for k in ("joint_2d/single", "shape_prior/single", "pose_prior/single"):
+        assert float(only[k]) == pytest.approx(float(full[k]), abs=1e-12)
+    expected = full["joint_2d/single"] + 3.0 * full["shape_prior/single"] + 0.01 * full["pose_prior/single"]
+    assert float(only["total"]) == pytest.approx(float(expected), abs=1e-10)
+    assert float(full["total"]) > float(only["total"])
