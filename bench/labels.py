@@ -9,7 +9,8 @@ Prints progress lines, then one JSON object on the last line:
   mediapipe_crops_per_s      the MediaPipe labeler
   shards                     write/read MB/s, 8-view samples/s and view-crops/s per process
 The OpenPose weights cannot be downloaded here; a randomly initialised network in the published
-layout has the same cost. Usage: python bench/labels.py [--crops N] [--weights hand_pose_model.pth]
+layout (``random_hand_net``: He-initialised and calibrated so its maps depend on the image and pass
+the peak threshold) has the same cost; give the published file with --weights for real labels. Usage: python bench/labels.py [--crops N] [--weights hand_pose_model.pth] [--device cuda]
 """
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline.crop import crop_affine, warp_crop  # noqa: E402
 from pipeline.detect import INVALID  # noqa: E402
 from pipeline.labelers.mediapipe import MediaPipeLabeler  # noqa: E402
-from pipeline.labelers.openpose import OpenPoseHandNet, OpenPoseLabeler, label_crop_plain  # noqa: E402
+from pipeline.labelers.openpose import OpenPoseLabeler, label_crop_plain, random_hand_net  # noqa: E402
 from pipeline.prepare import DetectorParams, detect_frames  # noqa: E402
 from pipeline.synthetic import DEMO_CONFIG, generate_capture  # noqa: E402
+from train import GpuUtilisation  # noqa: E402
 
 
 def realistic_crops(tmp: Path, demo_crops: np.ndarray, n: int) -> np.ndarray:
@@ -73,7 +75,13 @@ def main() -> None:
     ap.add_argument("--crops", type=int, default=4, help="crops for the OpenPose comparison (default 4)")
     ap.add_argument("--weights", default=None, help="published hand_pose_model.pth (default: random init)")
     ap.add_argument("--agreement-crops", type=int, default=64, help="crops for the fast-path agreement (default 64)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: the OpenPose labelers run there "
+                    "(fast path = fp16 autocast on a GPU, the crops of a batch in one call)")
     args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA device here: the GPU benchmark runs where one is (python bench/labels.py --device cuda)")
+        print(json.dumps({"benchmark": "labels", "device": args.device, "available": False}))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench-labels-"))
     try:
         capture = generate_capture(tmp / "capture", DEMO_CONFIG, workers=2, progress=False)
@@ -100,11 +108,10 @@ def main() -> None:
         print(f"mediapipe labeler: {len(crops) / mp_s:.1f} crops/s", flush=True)
 
         weights = args.weights
-        if weights is None:
-            torch.manual_seed(0)
+        if weights is None:  # a random network whose maps respond to the image (agreement is not trivial)
             weights = tmp / "hand_pose_model.pth"
-            torch.save(OpenPoseHandNet().state_dict(), weights)
-        labeler = OpenPoseLabeler(weights_path=weights, progress=False)
+            torch.save(random_hand_net(0, crops[0]).state_dict(), weights)
+        labeler = OpenPoseLabeler(weights_path=weights, progress=False, device=args.device)
         sample = crops[: args.crops]
         t0 = time.perf_counter()
         plain = [label_crop_plain(labeler.net, c) for c in sample]
@@ -118,10 +125,15 @@ def main() -> None:
               flush=True)
         same = all(np.array_equal(kp[i], p[0]) and np.allclose(conf[i], p[1], atol=1e-6)
                    for i, p in enumerate(plain))
-        fast = OpenPoseLabeler(weights_path=weights, progress=False, precision="fast")
+        fast = OpenPoseLabeler(weights_path=weights, progress=False, precision="fast", device=args.device)
+        util = GpuUtilisation() if args.device.startswith("cuda") else None
+        if util:
+            fast.label(sample[:1])  # warm-up (kernels, autotuning)
+            util.start()
         t0 = time.perf_counter()
         fast.label(sample, batch_size=len(sample))
         fast_s = time.perf_counter() - t0
+        gpu = util.stop() if util else None
         print(f"openpose fast path: {len(sample)} crops in {fast_s:.1f} s ({fast_s / len(sample):.2f} s/crop)",
               flush=True)
         agreement = fast_agreement(labeler, fast, realistic_crops(tmp, crops, args.agreement_crops))
@@ -133,7 +145,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result = {
-        "benchmark": "labels",
+        "benchmark": "labels", "device": args.device, "gpu": gpu,
         "detection_views_per_s": round(views / det_s, 1),
         "openpose_crops_per_s": round(len(sample) / batched_s, 3),
         "openpose_plain_crops_per_s": round(len(sample) / plain_s, 3),
@@ -142,7 +154,7 @@ def main() -> None:
         "openpose_fast_crops_per_s": round(len(sample) / fast_s, 3),
         "openpose_fast_ratio_to_plain": round(plain_s / fast_s, 3),
         "openpose_fast_agreement": agreement,
-        "openpose_weights": "given" if args.weights else "random init, published layout",
+        "openpose_weights": "given" if args.weights else "random_hand_net (calibrated random init, published layout)",
         "mediapipe_crops_per_s": round(len(crops) / mp_s, 1),
         "shards": {"compression": io["compression"],
                    **{k: round(io[k], 1) for k in ("write_MBps", "read_MBps", "samples_per_s", "view_crops_per_s")}},

@@ -80,13 +80,15 @@ def _matches(variable: str, point: str, detail: str) -> Optional[str]:
     return None
 
 
-def fault_point(point: str, detail: str = "") -> None:
+def fault_point(point: str, detail: str = "", on_fire: Optional[Callable[[], None]] = None) -> None:
     """A named point where a test or ``bench/chaos.py`` can make this process misbehave on purpose.
 
     ``HAMUCO_PAUSE="<point>[:<match>][@<n>]=<file>"``: write ``<file>.reached``, then wait until
     ``<file>`` exists (a barrier between processes, no sleeping on luck);
     ``HAMUCO_FAIL="<point>[:<match>][@<n>]"``: raise :class:`InjectedFailure`;
     ``HAMUCO_FAULT="<point>[:<match>][@<n>]"``: SIGKILL (see the module docstring).
+    ``on_fire``: called just before an injected failure or kill (not a pause), to leave the state
+    the fault stands for (e.g. a temporary cut to half its size for a kill mid-write).
     """
     release = _matches("HAMUCO_PAUSE", point, detail)
     if release:
@@ -97,9 +99,13 @@ def fault_point(point: str, detail: str = "") -> None:
                 raise InjectedFailure(f"HAMUCO_PAUSE at {point} ({detail}): {release} never appeared")
             time.sleep(0.02)
     if _matches("HAMUCO_FAIL", point, detail):
+        if on_fire:
+            on_fire()
         raise InjectedFailure(f"injected failure at {point} ({detail}) by HAMUCO_FAIL")
     if _matches("HAMUCO_FAULT", point, detail) is None:
         return
+    if on_fire:
+        on_fire()
     log = os.environ.get("HAMUCO_FAULT_LOG")
     if log:
         with open(log, "a") as fh:
@@ -260,6 +266,29 @@ def atomic_write_bytes(path: str | os.PathLike, write: Callable) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             write(_FaultingFile(fh, path.name))
+
+
+def atomic_write_file(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Like :func:`atomic_write_bytes` for writers that take a file name (``torch.save(obj, name)``:
+    the library's own file I/O rather than a Python callback per chunk). The ``mid-write`` fault
+    point comes after ``write``; a fault there first cuts the temporary to half its size, which is
+    what a kill during the write leaves."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        write(tmp)
+        fault_point("mid-write", path.name, on_fire=lambda: os.truncate(tmp, tmp.stat().st_size // 2))
+
+
+def link_or_copy(src: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make ``path`` a second name of the finished file ``src`` (a hard link; a copy where the file
+    system has none), atomically: ``path`` is either absent, its old self, or complete."""
+    src, path = Path(src), Path(path)
+    with atomic_path(path) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .atomic import atomic_path, atomic_write_bytes, atomic_write_text, fault_point
+from .atomic import atomic_path, atomic_write_file, atomic_write_text, fault_point, link_or_copy
 from .errors import HamucoError
 from .safe_load import safe_torch_load
 
@@ -73,7 +73,7 @@ def _collate(items: list[dict]) -> dict:
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Write a checkpoint atomically (``model.atomic``: a killed writer leaves only a temporary,
     which the next writer of the same checkpoint removes)."""
-    atomic_write_bytes(Path(path), lambda fh: torch.save(payload, fh))
+    atomic_write_file(Path(path), lambda tmp: torch.save(payload, str(tmp)))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -118,6 +118,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(config.steps, 1),
                                                                     eta_min=config.min_lr)
         self.state = TrainState()
+        self._last_step: Optional[int] = None  # the step the file CHECKPOINT_LAST holds (None: unknown)
         if len(dataset) == 0:
             raise HamucoError("the training dataset is empty (no sample with a valid view)")
 
@@ -133,6 +134,8 @@ class Trainer:
         path = self.out / name
         if self.rank == 0:
             save_checkpoint(path, self._payload())
+        if name == CHECKPOINT_LAST:
+            self._last_step = self.state.step
         return path
 
     def resume(self, path: Optional[str | Path] = None) -> bool:
@@ -148,6 +151,8 @@ class Trainer:
         torch.set_rng_state(ckpt["torch_rng"])
         st = ckpt["state"]
         self.state = TrainState(step=int(st["step"]), epoch=int(st["epoch"]), position=int(st["position"]))
+        if path == self.out / CHECKPOINT_LAST:
+            self._last_step = self.state.step
         return True
 
     # ------------------------------------------------------------------ data order
@@ -236,7 +241,13 @@ class Trainer:
             if self.state.step % cfg.checkpoint_every == 0 or self._epoch_end or self.state.step == cfg.steps:
                 last_good = self.save(CHECKPOINT_LAST)
         bar.close()
-        final = self.save(CHECKPOINT_FINAL)
+        final = self.out / CHECKPOINT_FINAL
+        if self.rank == 0:  # the last checkpoint holds the final state: the final one is a second name for it
+            last = self.out / CHECKPOINT_LAST
+            if last.is_file() and self._last_step == self.state.step:
+                link_or_copy(last, final)
+            else:
+                self.save(CHECKPOINT_FINAL)
         if self.rank == 0:
             plot_loss_curve(metrics_path, self.out / "loss_curve.png")
         return {"steps": self.state.step, "checkpoint": str(final), "metrics": str(metrics_path)}

@@ -35,7 +35,13 @@ METRICS = ("pa_mpjpe", "nmpjpe", "mpjpe")
 
 
 def frame_keys(ds: ShardDataset) -> np.ndarray:
-    return np.array([f"{Path(ds.readers[ri].path).name}#{si}" for ri, si in ds.items])
+    """One key per frame, unique across captures: the capture's prepared directory (named after the
+    capture and its hash, the same for every labeler), the shard file and the sample index."""
+    keys = []
+    for ri, si in ds.items:
+        path = Path(ds.readers[ri].path)
+        keys.append(f"{path.parent.parent.name}/{path.name}#{si}")
+    return np.array(keys)
 
 
 def _mm(x: np.ndarray) -> np.ndarray:
@@ -198,7 +204,11 @@ def pooled(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     for p in parts[1:]:
         if set(p) != names:
             raise HamucoError(f"cannot pool frame tables with different rows: {sorted(names ^ set(p))}")
-    return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+    out = {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+    if "keys" in out and len(set(out["keys"].tolist())) != len(out["keys"]):
+        raise HamucoError("cannot pool frame tables that share frames (the same key twice); tables written "
+                          "before keys named their capture (2026-11-29) must be remade: delete the frames/ directory")
+    return out
 
 
 def per_frame(errors: np.ndarray, view_mask: Optional[np.ndarray] = None) -> np.ndarray:

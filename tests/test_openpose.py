@@ -40,29 +40,8 @@ def _crops(n: int = 3, size: int = 96) -> np.ndarray:
 
 
 def _random_net(seed: int = 0) -> op.OpenPoseHandNet:
-    """Random weights whose heatmaps depend on the image and reach the threshold for some joints.
-
-    He-normal init keeps the signal alive through the 40 layers (PyTorch's default init shrinks it
-    until the maps are image-independent); the last conv is then rescaled so that each map has
-    mean 0 and std 0.1 on a calibration crop, and joints ≥ N_JOINTS_ON (and background) are
-    shifted by −1 so they never pass 0.05.
-    """
-    torch.manual_seed(seed)
-    net = op.OpenPoseHandNet().eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                m.bias.zero_()
-        padded, _ = op._resize_pad(_crops(1)[0], 0.375 * 368 / 96)
-        out = net(op._to_input(padded))[0]
-        mean, std = out.mean((1, 2)), out.std((1, 2))
-        gain = 0.1 / std
-        offset = torch.zeros(op.NUM_MAPS)
-        offset[N_JOINTS_ON:] = -1.0
-        net.Mconv7_stage6.weight.mul_(gain[:, None, None, None])
-        net.Mconv7_stage6.bias.copy_(-mean * gain + offset)
-    return net
+    """Random weights whose heatmaps depend on the image; joints ≥ N_JOINTS_ON never pass 0.05."""
+    return op.random_hand_net(seed, _crops(1)[0], scale=0.375, joints_on=N_JOINTS_ON)
 
 
 @pytest.fixture(scope="module")
@@ -346,3 +325,46 @@ def test_peaks_batched_equals_plain_on_random_maps():
         np.testing.assert_array_equal(conf_b[i], conf)
         found += int((conf > 0).sum())
     assert 0 < found < 4 * 21
+
+
+# ------------------------------------------------------------------------------------------ fast path
+
+def test_fast_path_agrees_with_fp32_within_the_stated_tolerances(weights):
+    """The bf16 fast path against the exact fp32 path on the same crops: the same joints found, found
+    keypoints within 1 px for at least 95% of them, confidences close."""
+    _, path = weights
+    crops = _crops(4)
+    exact = op.OpenPoseLabeler(weights_path=path, scales=SMALL_SCALES, progress=False)
+    fast = op.OpenPoseLabeler(weights_path=path, scales=SMALL_SCALES, progress=False, precision="fast")
+    assert fast.params["precision"] == "fast" and exact.params["precision"] == "fp32"
+    kp0, c0 = exact.label(crops)
+    kp1, c1 = fast.label(crops)
+    found0, found1 = c0 > 0, c1 > 0
+    assert found0.sum() >= 4 * N_JOINTS_ON - 2  # the comparison is not between empty maps
+    assert (found0 == found1).mean() >= 0.99
+    both = found0 & found1
+    d = np.linalg.norm(kp0 - kp1, axis=-1)[both]
+    assert (d <= 1.0).mean() >= 0.95, np.sort(d)[-5:]
+    assert np.abs(c0 - c1).max() < 0.02
+    # and it is a different computation, not the fp32 one under another name
+    assert not np.array_equal(c0, c1)
+    with pytest.raises(HamucoError, match="precision"):
+        op.OpenPoseLabeler(weights_path=path, progress=False, precision="fp8")
+
+
+def test_fast_path_has_its_own_label_version(small_capture, tmp_path):
+    """Shards made by the fast path never replace (or get taken for) the exact path's."""
+    from tasks.prepare import LabelShard
+
+    kw = dict(capture=str(small_capture.root), out=str(tmp_path), shard=0, labeler="openpose")
+    exact, fast = LabelShard(**kw), LabelShard(**kw, openpose_precision="fast")
+    assert exact.label_version != fast.label_version
+    assert exact.output()["shard"].path != fast.output()["shard"].path
+    # the exact path keeps the version it had before the option existed
+    from pipeline.prepare import version_hash
+
+    assert exact.label_version == version_hash("label", "openpose", exact.weights_identity(), exact.crop_size,
+                                               exact.refine_params.__dict__)
+    # other labelers ignore the option
+    mp = dict(kw, labeler="mediapipe")
+    assert LabelShard(**mp).label_version == LabelShard(**mp, openpose_precision="fast").label_version

@@ -40,7 +40,9 @@ def test_quick_science_run_shared_by_two_workers_through_luigid(tmp_path, luigid
 
     # every training ran once, to its last step (two workers never trained the same run)
     runs = sorted((out / "training").iterdir())
-    assert len(runs) == 2 * 6 + 2 + 1 + 1 + 1  # 6 rows x 2 seeds, 2 noise levels, gamma 100, 2x run
+    # 6 rows x 2 seeds, 2 noise levels, the shape-prior weight not chosen, the 2x run (the chosen weight's
+    # validation run is the scheme-2 seed-0 run itself)
+    assert len(runs) == 2 * 6 + 2 + 1 + 1
     for run in runs:
         steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
         assert steps == sorted(set(steps)), run
@@ -73,8 +75,10 @@ def test_quick_science_run_shared_by_two_workers_through_luigid(tmp_path, luigid
     tables = {p.name: np.load(p) for p in frames.glob("*.npz")}
     by_keys = {}
     for name, t in tables.items():
+        assert len(set(t["keys"])) == len(t["keys"]), name  # a frame is one frame, whatever capture it is in
         by_keys.setdefault(tuple(t["keys"]), []).append(name)
-    assert len(by_keys) == 4  # 3 held-out captures + the within-capture split
+    assert len(by_keys) == 5  # 3 held-out captures, the within-capture split, the validation capture
+    assert len({k.split("/")[0] for keys in by_keys for k in keys}) == 3 + 4 + 1
 
     # a rerun (local scheduler) finds every task complete and trains nothing
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint-final.pt")}

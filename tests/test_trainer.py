@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.errors import HamucoError
-from model.trainer import CHECKPOINT_LAST, NonFiniteLoss, TrainConfig, Trainer, load_checkpoint
+from model.trainer import CHECKPOINT_FINAL, CHECKPOINT_LAST, NonFiniteLoss, TrainConfig, Trainer, load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,6 +64,13 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(1, 15))
     assert (tmp_path / "b" / "loss_curve.png").stat().st_size > 1000
+    # the final checkpoint is the last one under a second name (one file on disk, not two copies)
+    final = tmp_path / "b" / CHECKPOINT_FINAL
+    assert os.path.samefile(final, tmp_path / "b" / CHECKPOINT_LAST)
+    assert load_checkpoint(final)["state"]["step"] == 14
+    # a run resumed when already complete keeps it so
+    _, again = run(tmp_path / "b", 14)
+    assert again["steps"] == 14 and os.path.samefile(final, tmp_path / "b" / CHECKPOINT_LAST)
 
 
 def test_resume_mid_epoch_from_a_periodic_checkpoint(tmp_path):

@@ -320,6 +320,36 @@ def build_openpose_hand(path: Optional[str | os.PathLike] = None, url: str = DEF
     return net
 
 
+def random_hand_net(seed: int, calibration_crop: np.ndarray, scale: float = 1.0,
+                    joints_on: int = NUM_JOINTS) -> OpenPoseHandNet:
+    """A randomly initialised network (published layout) whose heatmaps depend on the image and pass
+    the peak threshold: for tests and benchmarks where the published weights are not at hand.
+
+    He-normal initialisation keeps the signal alive through the 40 layers (PyTorch's default
+    initialisation shrinks it until the maps no longer depend on the image). The last convolution
+    is then rescaled so that on ``calibration_crop`` (resized by ``scale`` × 368 / its height, as
+    the labeler does) every map has mean 0 and standard deviation 0.1; maps from ``joints_on`` on
+    (and the background) are shifted by −1 so they never reach the threshold. Its labels mean
+    nothing; its cost and its numerical behaviour are the real network's.
+    """
+    torch.manual_seed(seed)
+    net = OpenPoseHandNet().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                m.bias.zero_()
+        padded, _ = _resize_pad(calibration_crop, scale * BOX_SIZE / calibration_crop.shape[0])
+        out = net(_to_input(padded))[0]
+        mean, std = out.mean((1, 2)), out.std((1, 2))
+        gain = 0.1 / std
+        offset = torch.zeros(NUM_MAPS)
+        offset[joints_on:] = -1.0
+        net.Mconv7_stage6.weight.mul_(gain[:, None, None, None])
+        net.Mconv7_stage6.bias.copy_(-mean * gain + offset)
+    return net
+
+
 # --------------------------------------------------------------------------------------------
 # Inference
 # --------------------------------------------------------------------------------------------
