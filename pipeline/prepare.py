@@ -279,6 +279,7 @@ def label_frames(capture: Capture, frames: Sequence[int], detections: list[list[
         kp = np.zeros((V, 21, 2), np.float32)
         conf = np.zeros((V, 21), np.float32)
         idx = np.nonzero(valid)[0]
+        times.count("label", len(idx))
         stage = times.begin("label")
         if len(idx):
             if labeler is None:

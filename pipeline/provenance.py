@@ -44,6 +44,10 @@ class StageTimes:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.items: dict[str, int] = {}  # what a stage processed (e.g. crops labelled), for rates
+
+    def count(self, stage: str, n: int) -> None:
+        self.items[stage] = self.items.get(stage, 0) + int(n)
 
     def __call__(self, stage: str):
         return _Stage(self, stage)

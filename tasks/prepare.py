@@ -247,7 +247,7 @@ class LabelShard(_CaptureTask, _DetectParams, _LabelParams):
                 labeler.close()
         remove_stale_temporaries(Path(self.output()["quarantine"].path))
         write_json(Path(self.output()["quarantine"].path), {"frames": frames, "entries": entries,
-                                                            "seconds": times.to_json()})
+                                                            "seconds": times.to_json(), "items": times.items})
         append_run_log(Path(self.out), self.task_family, Path(self.output()["shard"].path))
 
 
