@@ -32,8 +32,9 @@ def worker(backbone: str, groups: int, views: int, variant: str, steps: int, war
     sys.path.insert(0, str(REPO))
     from model.hamuco import HaMuCo
     from model.objective import HaMuCoObjective
-    from model.trainer import make_optimizer
+    from model.trainer import keep_freed_memory_in_process, make_optimizer
 
+    malloc_tuned = keep_freed_memory_in_process()  # as TrainModel does
     torch.manual_seed(0)
     model = HaMuCo(backbone, "none", image_size=256)
     params = sum(p.numel() for p in model.parameters())
@@ -80,7 +81,7 @@ def worker(backbone: str, groups: int, views: int, variant: str, steps: int, war
             "s_per_step": round(times[len(times) // 2], 3), "first_loss": round(first_loss, 5),
             "params_M": round(params / 1e6, 1),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "keep_freed_memory": malloc_tuned}
 
 
 class GpuUtilisation:

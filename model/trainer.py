@@ -102,6 +102,29 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.01
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
+def keep_freed_memory_in_process() -> bool:
+    """Tell glibc's allocator to serve every allocation from its heap and never give freed memory back
+    to the system (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, INT_MAX)``), for a process
+    that trains on the CPU. A training step allocates and frees the same large buffers every time
+    (autocast's bf16 weight copies, activations, gradients); by default glibc maps each one afresh and
+    the first touch of every page faults. Measured on this 2-core CPU (HaMuCo-ResNet-50, 1×8 views,
+    bf16): 5–15% shorter steps, peak RSS +0.1 GB. Process-wide, so called by the commands that train
+    (``TrainModel``, ``bench/train.py``), not by :class:`Trainer`; ``HAMUCO_KEEP_FREED_MEMORY=0`` turns
+    it off. Returns whether it was applied (glibc only)."""
+    import ctypes
+    import os
+    import platform
+
+    if os.environ.get("HAMUCO_KEEP_FREED_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
+
+
 class Trainer:
     def __init__(self, model: torch.nn.Module, dataset: Dataset, objective: Callable, config: TrainConfig,
                  out_dir: str | Path, architecture: Optional[dict] = None, provenance: Optional[dict] = None):

@@ -82,6 +82,73 @@ def decode_image(path: Optional[Path], flags: int = cv2.IMREAD_COLOR) -> np.ndar
     return img
 
 
+class DecodedImageCache:
+    """The images this process decoded last, up to a byte budget (the least recently used are dropped
+    first), keyed by path, size, modification time and decode flags. Detection and labelling of one
+    shard read the same images; with one worker both run in one process, so the second read costs a
+    dictionary lookup instead of a decode. Cached arrays are read-only; thread-safe."""
+
+    def __init__(self, budget_bytes: int):
+        from collections import OrderedDict
+
+        self.budget = int(budget_bytes)
+        self._images: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(path: Path, flags: int) -> Optional[tuple]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (str(path), st.st_size, st.st_mtime_ns, flags)
+
+    def get(self, key: tuple) -> Optional[np.ndarray]:
+        with self._lock:
+            img = self._images.get(key)
+            if img is None:
+                self.misses += 1
+                return None
+            self._images.move_to_end(key)
+            self.hits += 1
+            return img
+
+    def put(self, key: tuple, img: np.ndarray) -> np.ndarray:
+        img.flags.writeable = False
+        if img.nbytes > self.budget:
+            return img
+        with self._lock:
+            if key not in self._images:
+                self._images[key] = img
+                self._bytes += img.nbytes
+            while self._bytes > self.budget:
+                _, old = self._images.popitem(last=False)
+                self._bytes -= old.nbytes
+        return img
+
+    def clear(self) -> None:
+        with self._lock:
+            self._images.clear()
+            self._bytes = 0
+
+
+#: the process's cache of decoded capture images (``HAMUCO_IMAGE_CACHE_MB``, default 512; 0 turns it off)
+IMAGE_CACHE = DecodedImageCache(int(float(os.environ.get("HAMUCO_IMAGE_CACHE_MB", "512")) * (1 << 20)))
+
+
+def decode_image_cached(path: Optional[Path], flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """:func:`decode_image` through :data:`IMAGE_CACHE` (a read-only array; errors are not cached)."""
+    key = DecodedImageCache.key(path, flags) if path is not None and IMAGE_CACHE.budget > 0 else None
+    if key is None:
+        return decode_image(path, flags)
+    img = IMAGE_CACHE.get(key)
+    if img is None:
+        img = IMAGE_CACHE.put(key, decode_image(path, flags))
+    return img
+
+
 @dataclass(frozen=True)
 class VideoScan:
     """One full decode of a video: frames the container declares, frames that decode, and the frames
@@ -275,6 +342,7 @@ class Capture:
     layout: str = CAPTURE_FORMAT
     ground_truth_loader: Optional[Callable[[], Optional[GroundTruth]]] = None
     _gt_cache: Optional[GroundTruth] = field(default=None, repr=False)
+    _files_cache: Optional[list] = field(default=None, repr=False, compare=False)  # pipeline.prepare's file list
 
     @property
     def name(self) -> str:
@@ -305,8 +373,9 @@ class Capture:
             return None
         return self.root / self.masks.format(frame=self.frame_ids[frame], camera=self.cameras[cam].name)
 
-    def read_image(self, cam: int, frame: int) -> np.ndarray:
-        """The BGR image of camera ``cam`` at frame index ``frame``."""
+    def read_image(self, cam: int, frame: int, cached: bool = False) -> np.ndarray:
+        """The BGR image of camera ``cam`` at frame index ``frame``. ``cached``: through
+        :data:`IMAGE_CACHE` (image files only; the array is then read-only)."""
         camera = self.cameras[cam]
         fid = self.frame_ids[frame]
         if camera.video is not None:
@@ -329,7 +398,7 @@ class Capture:
             return img
         path = self.image_path(cam, frame)
         try:
-            return decode_image(path)
+            return decode_image_cached(path) if cached else decode_image(path)
         except CaptureError as exc:
             raise CaptureError(f"{path}: frame {fid}, camera {camera.name}: {exc.reason}") from None
 

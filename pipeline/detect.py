@@ -189,7 +189,8 @@ def select_consistent(capture: Capture, frame_index: int, candidates: list[list[
 
 def detect_frame(capture: Capture, frame_index: int, detector: MediaPipeHands, margin: float = DEFAULT_MARGIN,
                  images: Optional[list[np.ndarray]] = None, times=None) -> list[ViewDetection]:
-    """Detect the hand in every view of one frame (reads the images unless given). ``times``: a
+    """Detect the hand in every view of one frame (reads the images unless given: per view an image or
+    the :class:`~pipeline.capture.CaptureError` that reading it raised). ``times``: a
     :class:`pipeline.provenance.StageTimes` to add the decode, detect and select seconds to."""
     from .capture import CaptureError
     from .provenance import StageTimes
@@ -199,7 +200,9 @@ def detect_frame(capture: Capture, frame_index: int, detector: MediaPipeHands, m
     for ci in range(capture.num_views):
         try:
             with times("decode"):
-                img = images[ci] if images is not None else capture.read_image(ci, frame_index)
+                img = images[ci] if images is not None else capture.read_image(ci, frame_index, cached=True)
+                if isinstance(img, CaptureError):  # read ahead by the caller
+                    raise img
         except CaptureError as exc:
             candidates.append([])
             unreadable[ci] = str(exc)

@@ -48,7 +48,14 @@ def open_capture(ref: str, allow_external_paths: bool = False) -> Capture:
 _HASH_CACHE: dict = {}
 
 
-def _capture_files(capture: Capture) -> list[Path]:
+def _capture_files(capture: Capture) -> list[str]:
+    """Every file the capture is made of (computed once per capture object: capture.json fixes it)."""
+    if capture._files_cache is None:
+        capture._files_cache = [str(f) for f in _list_capture_files(capture)]
+    return capture._files_cache
+
+
+def _list_capture_files(capture: Capture) -> list[Path]:
     files = []
     if capture.layout == "hanco":
         seq = capture.metadata["sequence"]
@@ -70,13 +77,13 @@ def capture_content_hash(capture: Capture) -> str:
     """sha256 over the bytes of every file of the capture (cached per process by file stats)."""
     files = _capture_files(capture)
     stats = []
-    for f in files:
+    for f in files:  # Luigi asks for outputs often: one os.stat per file, no pathlib, no JSON
         try:
-            st = f.stat()
-            stats.append((str(f), st.st_size, st.st_mtime_ns))
+            st = os.stat(f)
+            stats.append((f, st.st_size, st.st_mtime_ns))
         except OSError:
-            stats.append((str(f), -1, -1))
-    key = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+            stats.append((f, -1, -1))
+    key = (str(capture.root), tuple(stats))
     if key not in _HASH_CACHE:
         h = hashlib.sha256()
         for f, size, _ in stats:
@@ -145,9 +152,51 @@ def detect_frames(capture: Capture, frames: Sequence[int], params: DetectorParam
     with times("detector_load"):
         det = MediaPipeHands(params.max_num_hands, params.min_detection_confidence, params.model_complexity)
     with det:
-        for fi in tqdm(frames, desc=f"detect {capture.name}", unit="frame", disable=not progress):
-            out.append(detect_frame(capture, fi, det, params.margin, times=times))
+        # the next frame's images are decoded in a background thread while MediaPipe works on this one
+        ahead = prefetched(lambda fi, t: _read_views(capture, fi, t), frames, times)
+        for fi, images in tqdm(zip(frames, ahead), total=len(frames), desc=f"detect {capture.name}", unit="frame",
+                               disable=not progress):
+            out.append(detect_frame(capture, fi, det, params.margin, images=images, times=times))
     return out
+
+
+def _read_views(capture: Capture, fi: int, times: StageTimes) -> list:
+    """Every view's image of frame ``fi``, or the :class:`CaptureError` reading it raised."""
+    images: list = []
+    for ci in range(capture.num_views):
+        try:
+            with times("decode"):
+                images.append(capture.read_image(ci, fi, cached=True))
+        except CaptureError as exc:
+            images.append(exc)
+    return images
+
+
+def prefetched(fn, items: Sequence, times: StageTimes):
+    """``fn(item, times)`` for each item in order, the next one computed in a background thread while the
+    caller works on the current one (decoding is I/O and OpenCV code that releases the GIL, so on a CPU
+    whose other core the models leave idle it costs no wall time). The background seconds go to
+    ``times`` as ``<stage>_background``, the caller's waits as ``prefetch_wait``; an exception is
+    raised where its item is consumed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(items)
+    if not items:
+        return
+
+    def run(item):
+        sub = StageTimes()
+        return fn(item, sub), sub
+
+    with ThreadPoolExecutor(1, thread_name_prefix="hamuco-prefetch") as pool:
+        pending = pool.submit(run, items[0])
+        for k in range(len(items)):
+            with times("prefetch_wait"):
+                result, sub = pending.result()
+            times.merge(sub, suffix="_background")
+            if k + 1 < len(items):
+                pending = pool.submit(run, items[k + 1])
+            yield result
 
 
 def _whole_image_views(capture: Capture, fi: int) -> list[ViewDetection]:
@@ -239,7 +288,7 @@ def crop_views(capture: Capture, fi: int, views: list[ViewDetection], crop_size:
         affines[ci] = crop_affine(v.box, crop_size, flip=v.flipped)
         try:
             with times("decode"):
-                image = capture.read_image(ci, fi)
+                image = capture.read_image(ci, fi, cached=True)
         except CaptureError as exc:
             valid[ci] = False
             affines[ci] = np.nan
@@ -272,10 +321,54 @@ def label_frames(capture: Capture, frames: Sequence[int], detections: list[list[
     ext = np.stack([np.hstack([c.R, c.t[:, None]]) if c.has_extrinsics else np.full((3, 4), np.nan)
                     for c in capture.cameras])
     ext_known = np.array([c.has_extrinsics for c in capture.cameras])
-    for fi, views in tqdm(list(zip(frames, detections)), desc=f"label {capture.name}", unit="frame",
-                          disable=not progress):
+
+    def finish(fi, fid, views, crops, affines, valid, idx, quarantine, kp, conf):
+        """Mask empty views, refine by RANSAC triangulation, and make the frame's sample. (Run in a
+        background thread beside the labeler it made no difference: RANSAC is Python that holds the GIL.)"""
+        with times("refine"):
+            for ci in idx:
+                if not np.any(conf[ci] > 0):
+                    valid[ci] = False
+                    quarantine.append(_entry(views[ci], "masked", "the labeler found no joint in the crop"))
+            conf[~valid] = 0.0
+            refined = conf.copy()
+            triangulated = np.full((21, 3), np.nan, np.float32)
+            reproj = np.full((V, 21), np.nan, np.float32)
+            if calibrated and valid.sum() >= 2:
+                uv_img = np.zeros((V, 21, 2))
+                for ci in np.nonzero(valid)[0]:
+                    uv_img[ci] = apply_affine(kp[ci], invert_affine(affines[ci]))
+                tri = triangulate_ransac(P, uv_img, np.where(valid[:, None], conf, 0.0),
+                                         threshold_px=refine.threshold_px, min_confidence=refine.min_confidence,
+                                         seed=refine.seed)
+                triangulated = tri.joints.astype(np.float32)
+                reproj = np.where(valid[:, None], tri.reprojection_error, np.nan).astype(np.float32)
+                refined = np.where(valid[:, None], tri.refined_confidence, 0.0).astype(np.float32)
+            crop_K = np.stack([crop_intrinsics(c.K, affines[ci]) if valid[ci] and c.has_intrinsics
+                               else np.full((3, 3), np.nan) for ci, c in enumerate(capture.cameras)])
+            gt_world = gt_2d = gt_vis = None
+            if gt is not None and gt.joints_world is not None:
+                gt_world = gt.joints_world[fi].astype(np.float32)
+                if gt.joints_2d is not None:
+                    gt_2d = np.stack([apply_affine(gt.joints_2d[fi, ci], affines[ci]) if valid[ci]
+                                      else np.full((21, 2), np.nan) for ci in range(V)]).astype(np.float32)
+                if gt.visibility is not None:
+                    gt_vis = gt.visibility[fi].astype(bool)
+            sample = ShardSample(
+                frame_id=fid, crops=crops[..., ::-1].copy(), keypoints=kp, confidence=conf, refined_confidence=refined,
+                view_valid=valid, recovered=np.array([v.status == RECOVERED for v in views]) & valid,
+                flipped=np.array([v.flipped for v in views]), crop_affine=affines, crop_K=crop_K, extrinsics=ext,
+                extrinsics_known=ext_known, triangulated=triangulated, reprojection_error=reproj,
+                gt_joints_world=gt_world, gt_joints_2d=gt_2d, gt_visibility=gt_vis)
+        return sample, quarantine
+
+    work = list(zip(frames, detections))
+    # the next frame's crops are decoded and cut in a background thread while the labeler runs
+    ahead = prefetched(lambda item, t: crop_views(capture, item[0], item[1], crop_size, t), work, times)
+    for (fi, views), (crops, affines, valid, quarantine) in tqdm(zip(work, ahead), total=len(work),
+                                                                  desc=f"label {capture.name}", unit="frame",
+                                                                  disable=not progress):
         fid = capture.frame_ids[fi]
-        crops, affines, valid, quarantine = crop_views(capture, fi, views, crop_size, times)
         kp = np.zeros((V, 21, 2), np.float32)
         conf = np.zeros((V, 21), np.float32)
         idx = np.nonzero(valid)[0]
@@ -297,42 +390,7 @@ def label_frames(capture: Capture, frames: Sequence[int], detections: list[list[
             else:
                 kp[idx], conf[idx] = labeler.label(crops[idx])
         stage.end()
-        stage = times.begin("refine")
-        for ci in idx:
-            if not np.any(conf[ci] > 0):
-                valid[ci] = False
-                quarantine.append(_entry(views[ci], "masked", "the labeler found no joint in the crop"))
-        conf[~valid] = 0.0
-        refined = conf.copy()
-        triangulated = np.full((21, 3), np.nan, np.float32)
-        reproj = np.full((V, 21), np.nan, np.float32)
-        if calibrated and valid.sum() >= 2:
-            uv_img = np.zeros((V, 21, 2))
-            for ci in np.nonzero(valid)[0]:
-                uv_img[ci] = apply_affine(kp[ci], invert_affine(affines[ci]))
-            tri = triangulate_ransac(P, uv_img, np.where(valid[:, None], conf, 0.0), threshold_px=refine.threshold_px,
-                                     min_confidence=refine.min_confidence, seed=refine.seed)
-            triangulated = tri.joints.astype(np.float32)
-            reproj = np.where(valid[:, None], tri.reprojection_error, np.nan).astype(np.float32)
-            refined = np.where(valid[:, None], tri.refined_confidence, 0.0).astype(np.float32)
-        crop_K = np.stack([crop_intrinsics(c.K, affines[ci]) if valid[ci] and c.has_intrinsics
-                           else np.full((3, 3), np.nan) for ci, c in enumerate(capture.cameras)])
-        gt_world = gt_2d = gt_vis = None
-        if gt is not None and gt.joints_world is not None:
-            gt_world = gt.joints_world[fi].astype(np.float32)
-            if gt.joints_2d is not None:
-                gt_2d = np.stack([apply_affine(gt.joints_2d[fi, ci], affines[ci]) if valid[ci]
-                                  else np.full((21, 2), np.nan) for ci in range(V)]).astype(np.float32)
-            if gt.visibility is not None:
-                gt_vis = gt.visibility[fi].astype(bool)
-        sample = ShardSample(
-            frame_id=fid, crops=crops[..., ::-1].copy(), keypoints=kp, confidence=conf, refined_confidence=refined,
-            view_valid=valid, recovered=np.array([v.status == RECOVERED for v in views]) & valid,
-            flipped=np.array([v.flipped for v in views]), crop_affine=affines, crop_K=crop_K, extrinsics=ext,
-            extrinsics_known=ext_known, triangulated=triangulated, reprojection_error=reproj,
-            gt_joints_world=gt_world, gt_joints_2d=gt_2d, gt_visibility=gt_vis)
-        stage.end()
-        yield sample, quarantine
+        yield finish(fi, fid, views, crops, affines, valid, idx, quarantine, kp, conf)
 
 
 def _entry(v: ViewDetection, action: str, reason: str) -> dict:
@@ -423,3 +481,4 @@ def split_shards(shards: list[dict], split_by: str, val_fraction: float, test_fr
             role = "test" if i >= n - n_test else "val" if i >= n - n_test - n_val else "train"
             out[role].append(s["path"])
     return out
+

@@ -56,6 +56,17 @@ class StageTimes:
         """Start timing ``stage`` until the returned object's ``end()`` (for blocks a ``with`` would split)."""
         return _Stage(self, stage).__enter__()
 
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + float(seconds)
+
+    def merge(self, other: "StageTimes", suffix: str = "") -> None:
+        """Add another record's seconds and counts (``suffix`` appended to its stage names: work done in a
+        background thread, which overlaps this record's stages, is kept apart as ``<stage>_background``)."""
+        for k, v in other.seconds.items():
+            self.add(k + suffix, v)
+        for k, n in other.items.items():
+            self.count(k + suffix, n)
+
     def to_json(self) -> dict:
         return {k: round(v, 4) for k, v in self.seconds.items()}
 

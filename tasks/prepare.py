@@ -202,13 +202,14 @@ class DetectHands(_CaptureTask, _DetectParams):
 
     def run(self):
         frames = shard_frames(self.capture_obj.num_frames, self.frames_per_shard)[self.shard]
-        remove_stale_temporaries(Path(self.output().path))
+        out = Path(self.output().path)  # once: the output path hashes every file of the capture
+        remove_stale_temporaries(out)
         times = StageTimes()
         dets = detect_frames(self.capture_obj, frames, self.detector_params, times=times)
         meta = {"detector": self.detector_params.__dict__, "code_version": code_version(), "capture": self.capture,
                 "seconds": times.to_json()}
-        write_json(Path(self.output().path), detections_to_json(frames, dets, meta))
-        append_run_log(Path(self.out), self.task_family, Path(self.output().path))
+        write_json(out, detections_to_json(frames, dets, meta))
+        append_run_log(Path(self.out), self.task_family, out)
 
 
 class LabelShard(_CaptureTask, _DetectParams, _LabelParams):
@@ -232,6 +233,7 @@ class LabelShard(_CaptureTask, _DetectParams, _LabelParams):
     def run(self):
         doc = json.loads(Path(self.input().path).read_text())
         frames, dets = doc["frames"], detections_from_json(doc)
+        out = self.output()  # once: the output paths hash every file of the capture
         w = self.weights
         times = StageTimes()
         with times("labeler_load"):
@@ -243,16 +245,16 @@ class LabelShard(_CaptureTask, _DetectParams, _LabelParams):
             provenance = {"detector": doc["meta"]["detector"], "detect_version": self.detect_version,
                           "label_version": self.label_version, "frames": [frames[0], frames[-1] + 1],
                           "refine": self.refine_params.__dict__, "shard": self.shard}
-            entries = write_label_shard(Path(self.output()["shard"].path), self.capture_obj, frames, dets, labeler,
+            entries = write_label_shard(Path(out["shard"].path), self.capture_obj, frames, dets, labeler,
                                         self.labeler, params, sha, self.crop_size, self.refine_params, provenance,
                                         times=times)
         finally:
             if labeler is not None and hasattr(labeler, "close"):
                 labeler.close()
-        remove_stale_temporaries(Path(self.output()["quarantine"].path))
-        write_json(Path(self.output()["quarantine"].path), {"frames": frames, "entries": entries,
-                                                            "seconds": times.to_json(), "items": times.items})
-        append_run_log(Path(self.out), self.task_family, Path(self.output()["shard"].path))
+        remove_stale_temporaries(Path(out["quarantine"].path))
+        write_json(Path(out["quarantine"].path), {"frames": frames, "entries": entries,
+                                                  "seconds": times.to_json(), "items": times.items})
+        append_run_log(Path(self.out), self.task_family, Path(out["shard"].path))
 
 
 class CaptureReport(_CaptureTask, _DetectParams, _LabelParams):

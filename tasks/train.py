@@ -91,9 +91,10 @@ class TrainModel(HamucoTask):
         from model.hamuco import HaMuCo
         from model.losses import LossWeights
         from model.objective import HaMuCoObjective
-        from model.trainer import TrainConfig, Trainer
+        from model.trainer import TrainConfig, Trainer, keep_freed_memory_in_process
         from pipeline.dataset import Augmentation, ShardDataset, load_index
 
+        keep_freed_memory_in_process()  # 5-15% shorter CPU steps (model/trainer.py)
         index = load_index(self.dataset)
         torch.manual_seed(self.seed)  # the network's initialisation is part of the run: same seed, same bits
         data = ShardDataset(self.dataset, split="train", confidence=self.confidence, augmentation=Augmentation(),

@@ -244,3 +244,108 @@ def test_openpose_labeler_through_the_tasks(capture_dir, tmp_path):
         assert r.attrs["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
         assert r.attrs["labeler_params"]["scales"] == [0.5, 1.0, 1.5, 2.0]
         assert r[0].keypoints.shape == (2, 21, 2)
+
+
+# ----------------------------------------------------------------------------- pipeline speed-ups stay exact
+
+def test_image_cache_gives_read_only_images_and_notices_a_changed_file(tmp_path):
+    import os
+
+    import cv2
+
+    from model.errors import HamucoError
+    from pipeline.capture import DecodedImageCache, decode_image
+
+    cache = DecodedImageCache(budget_bytes=3 * 32 * 32 * 3)  # room for three 32² images
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), np.full((32, 32, 3), 10 * i, np.uint8))
+
+    def read(p):
+        key = cache.key(p, cv2.IMREAD_COLOR)
+        return cache.get(key) if cache.get(key) is not None else cache.put(key, decode_image(p))
+
+    first = read(paths[0])
+    assert np.array_equal(first, decode_image(paths[0])) and not first.flags.writeable
+    with pytest.raises(ValueError):
+        first[0, 0, 0] = 1  # a caller cannot change what the next caller gets
+    assert read(paths[0]) is first  # the second read is the same array, not a decode
+    # the file changes (content, size and time): a new key, the new pixels
+    cv2.imwrite(str(paths[0]), np.full((32, 32, 3), 200, np.uint8))
+    os.utime(paths[0], ns=(1, 1))
+    assert int(read(paths[0])[0, 0, 0]) == 200
+    # over budget the least recently used image goes
+    for p in paths[1:]:
+        read(p)
+    assert cache.key(paths[1], cv2.IMREAD_COLOR) in cache._images
+    assert sum(img.nbytes for img in cache._images.values()) <= cache.budget
+    assert len(cache._images) == 3
+    # an unreadable file is never cached: it raises every time, and reads once repaired
+    paths[3].write_bytes(paths[3].read_bytes()[:20])
+    with pytest.raises(HamucoError, match="truncated PNG|cannot be decoded"):
+        read(paths[3])
+
+
+def test_prefetched_keeps_order_and_raises_at_the_failing_item():
+    from pipeline.prepare import prefetched
+    from pipeline.provenance import StageTimes
+
+    times = StageTimes()
+
+    def work(i, t):
+        with t("decode"):
+            if i == 3:
+                raise ValueError("item 3 is broken")
+            return i * i
+
+    got = []
+    with pytest.raises(ValueError, match="item 3"):
+        for value in prefetched(work, range(6), times):
+            got.append(value)
+    assert got == [0, 1, 4]  # items before the broken one arrive, in order
+    assert "decode_background" in times.seconds and "prefetch_wait" in times.seconds
+    assert list(prefetched(work, [], times)) == []
+
+
+def test_capture_hash_notices_a_changed_image_with_the_file_list_cached(capture_dir, tmp_path):
+    import cv2
+
+    from pipeline.capture import load_capture
+    from pipeline.prepare import capture_content_hash
+
+    root = tmp_path / "cap"
+    shutil.copytree(capture_dir, root)
+    cap = load_capture(root)
+    before = capture_content_hash(cap)
+    assert capture_content_hash(cap) == before and cap._files_cache is not None
+    img = cap.image_path(1, 2)
+    cv2.imwrite(str(img), np.zeros((CFG.image_size, CFG.image_size, 3), np.uint8))
+    assert capture_content_hash(cap) != before
+
+
+def test_prepare_with_and_without_the_image_cache_writes_identical_shards(capture_dir, tmp_path):
+    from pipeline.capture import IMAGE_CACHE
+    from tests.helpers import same_arrays, shard_arrays
+
+    outs = {}
+    budget = IMAGE_CACHE.budget
+    try:
+        for name, cache_bytes in (("cached", budget), ("uncached", 0)):
+            IMAGE_CACHE.clear()
+            IMAGE_CACHE.budget = cache_bytes
+            hits = IMAGE_CACHE.hits
+            task = PrepareDataset(captures=[str(capture_dir)], out=str(tmp_path / name), frames_per_shard=2,
+                                  crop_size=64)
+            assert build(task)
+            outs[name] = (tmp_path / name, IMAGE_CACHE.hits - hits)
+    finally:
+        IMAGE_CACHE.budget = budget
+        IMAGE_CACHE.clear()
+    # with one worker, labelling reads each view detection decoded: every labelled crop is a cache hit
+    assert outs["cached"][1] >= CFG.cameras * CFG.frames // 2 and outs["uncached"][1] == 0
+    shards = {k: sorted(o.rglob("shard-*.h5")) for k, (o, _) in outs.items()}
+    assert len(shards["cached"]) == 2
+    for a, b in zip(shards["cached"], shards["uncached"]):
+        assert a.relative_to(outs["cached"][0]) == b.relative_to(outs["uncached"][0])
+        assert same_arrays(shard_arrays(a), shard_arrays(b)) == []

@@ -143,3 +143,20 @@ def test_bf16_resume_is_exact_too(tmp_path):
     resumed, _ = run(tmp_path / "b", 8, precision="bf16")
     assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(),
                                                   resumed.model.state_dict().values()))
+
+
+def test_keep_freed_memory_in_process_applies_on_glibc_and_can_be_turned_off():
+    import platform
+
+    code = ("import ctypes, torch; from model.trainer import keep_freed_memory_in_process as k; ok = k(); "
+            "x = torch.randn(64, 1 << 16); del x; y = torch.randn(64, 1 << 16); print(ok, float(y.abs().sum()) > 0)")
+    root = Path(__file__).resolve().parent.parent
+    outs = {}
+    for flag in ("1", "0"):
+        env = {**os.environ, "HAMUCO_KEEP_FREED_MEMORY": flag, "PYTHONPATH": str(root)}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs[flag] = r.stdout.split()
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert outs["1"] == [str(glibc), "True"]  # applied where glibc is, and allocation still works
+    assert outs["0"] == ["False", "True"]
