@@ -49,11 +49,23 @@ from .shards import ShardReader, verify_shard
 
 @dataclass(frozen=True)
 class Augmentation:
+    """Per-view training augmentation, drawn from the dataset's seed, epoch and sample.
+
+    Every geometric change (zoom, shift, in-plane rotation) is applied alike to the crop, its 2D
+    labels and 2D ground truth, its intrinsics and, for a rotation, its camera: rotating a crop by
+    ``a`` is the camera turning about its optical axis, so the view's extrinsics become
+    ``Rz·[R | t]`` and ``crop_K`` stays an intrinsics matrix (``J·K = K'·Rz``) — the consistency
+    loss with extrinsics keeps relating the views correctly. Colour (brightness, contrast,
+    saturation), blur and occluders change pixels only. Options at 0 draw no random numbers: a
+    configuration without them draws what it drew before they existed.
+    """
+
     scale: tuple[float, float] = (0.9, 1.1)  # crop zoom
     shift: float = 0.08  # fraction of the crop size
-    rotation_deg: float = 0.0
+    rotation_deg: float = 0.0  # in-plane rotation, uniform in ±rotation_deg
     blur_prob: float = 0.0
     occlusion_prob: float = 0.0
+    colour: float = 0.0  # brightness/contrast/saturation jitter: factors in 1 ± colour, shift ± 64·colour
     shuffle_views: bool = True
 
 
@@ -159,6 +171,7 @@ class ShardDataset(Dataset):
         gt2d = (np.array(s.gt_joints_2d, np.float32) if s.gt_joints_2d is not None
                 else np.full((V, 21, 2), np.nan, np.float32))
         aug = self.augmentation
+        extrinsics = s.extrinsics.astype(np.float64)
         images = np.empty((V, S, S, 3), np.float32)
         order = np.arange(V)
         if aug is not None:
@@ -173,10 +186,15 @@ class ShardDataset(Dataset):
                     w, h = (rng.uniform(0.1, 0.3, 2) * S).astype(int)
                     x, y = rng.integers(0, S - w), rng.integers(0, S - h)
                     img[y:y + h, x:x + w] = rng.integers(0, 255, 3)
+                if aug.colour:
+                    img = _colour_jitter(rng, img, aug.colour)
                 images[v] = img
                 kp[v] = kp[v] @ J[:, :2].T + J[:, 2]
                 gt2d[v] = gt2d[v] @ J[:, :2].T + J[:, 2]
-                crop_K[v] = np.vstack([J, [0, 0, 1]]) @ crop_K[v]
+                K_new, Rz = _jittered_camera(J, crop_K[v])
+                crop_K[v] = K_new
+                if Rz is not None:
+                    extrinsics[v] = Rz @ extrinsics[v]
         else:
             images[:] = crops
         images = (images / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
@@ -187,7 +205,7 @@ class ShardDataset(Dataset):
             "confidence": torch.from_numpy(conf[order].copy()),
             "view_mask": torch.from_numpy(s.view_valid[order].copy()),
             "crop_K": torch.from_numpy(crop_K[order].astype(np.float32)),
-            "extrinsics": torch.from_numpy(s.extrinsics[order].astype(np.float32)),
+            "extrinsics": torch.from_numpy(extrinsics[order].astype(np.float32)),
             "extrinsics_known": torch.from_numpy(np.asarray(ext_known)[order].copy()),
             "view_order": torch.from_numpy(order.astype(np.int64)),
             "flipped": torch.from_numpy(np.asarray(s.flipped, bool)[order].copy()),
@@ -203,6 +221,34 @@ class ShardDataset(Dataset):
                 weak[cam] = gt2d[cam]
             item["weak_joints_2d"] = torch.from_numpy(weak[order].copy())
         return item
+
+
+def _jittered_camera(J: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The crop intrinsics after the jitter ``J`` (2, 3), and the camera's turn about its optical axis
+    (3, 3; None without rotation): ``J·K = K'·Rz`` with ``K'`` upper triangular (an RQ decomposition
+    of the 2×2 part; exact for any K). For a mirrored crop (negative focal length: a flipped left
+    hand) the turn comes out the other way, as it must."""
+    J3 = np.vstack([J, [0.0, 0.0, 1.0]])
+    L = J[:, :2]
+    if abs(L[0, 1]) < 1e-12 and abs(L[1, 0]) < 1e-12 or not np.all(np.isfinite(K)):
+        return J3 @ K, None
+    A = L @ K[:2, :2]
+    c, d = A[1]
+    n = np.hypot(c, d)
+    Rz = np.eye(3)
+    Rz[:2, :2] = np.array([[d, -c], [c, d]]) / n  # RQ: A·Rzᵀ is upper triangular, Rz a proper rotation
+    return J3 @ K @ Rz.T, Rz
+
+
+def _colour_jitter(rng: np.random.Generator, img: np.ndarray, strength: float) -> np.ndarray:
+    """Brightness, contrast and saturation jitter of a uint8/float BGR image (values kept in 0..255)."""
+    img = img.astype(np.float32)
+    contrast, saturation = rng.uniform(1 - strength, 1 + strength, 2)
+    brightness = rng.uniform(-64 * strength, 64 * strength)
+    grey = img @ np.array([0.114, 0.587, 0.299], np.float32)  # BGR luma
+    img = grey[..., None] + saturation * (img - grey[..., None])
+    img = (img - img.mean()) * contrast + img.mean() + brightness
+    return np.clip(img, 0, 255)
 
 
 def _jitter(rng: np.random.Generator, size: int, aug: Augmentation) -> np.ndarray:

@@ -128,7 +128,8 @@ def _train(args: argparse.Namespace) -> int:
 
     params = {"dataset": args.dataset, "out": args.out}
     for name in ("backbone", "steps", "backbone_weights", "batch_size", "hand_model", "lr", "seed", "precision",
-                 "checkpoint_every", "confidence", "weak_camera", "gamma", "points", "distill_to"):
+                 "checkpoint_every", "confidence", "weak_camera", "gamma", "points", "distill_to",
+                 "aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -408,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-to", choices=("fused", "interaction"), default=None,
                    help="distillation target: the fused multi-view result (default, official) or the view's own "
                    "interaction output")
+    p.add_argument("--aug-rotation-deg", type=float, default=None, help="augmentation: in-plane rotation of each "
+                   "crop in ±DEG (labels, intrinsics and camera rotated alike; default 0)")
+    p.add_argument("--aug-colour", type=float, default=None, help="augmentation: brightness/contrast/saturation "
+                   "jitter strength (default 0)")
+    p.add_argument("--aug-blur-prob", type=float, default=None, help="augmentation: share of crops blurred")
+    p.add_argument("--aug-occlusion-prob", type=float, default=None, help="augmentation: share of crops with a "
+                   "random occluder")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     _scheduler_options(p)
     p.set_defaults(func=_train)

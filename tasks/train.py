@@ -30,6 +30,9 @@ class DatasetIndex(luigi.ExternalTask):
         return luigi.LocalTarget(self.path)
 
 
+AUGMENTATION_OPTIONS = ("aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob")
+
+
 class TrainModel(HamucoTask):
     dataset = luigi.Parameter(description="dataset index (JSON) from PrepareDataset")
     out = luigi.Parameter(description="root directory of training runs")
@@ -62,7 +65,16 @@ class TrainModel(HamucoTask):
     branches = luigi.ChoiceParameter(choices=["both", "single"], default="both",
                                      description="'single': the ablation training only the single-view branch "
                                      "(its 2D and prior terms; no cross-view terms)")
+    aug_rotation_deg = luigi.FloatParameter(default=0.0, description="augmentation: in-plane rotation of each "
+                                            "crop, uniform in ±this many degrees (its camera turns alike)")
+    aug_colour = luigi.FloatParameter(default=0.0, description="augmentation: brightness/contrast/saturation "
+                                      "jitter strength (0 off; 0.3 = factors in 0.7..1.3)")
+    aug_blur_prob = luigi.FloatParameter(default=0.0, description="augmentation: share of crops blurred")
+    aug_occlusion_prob = luigi.FloatParameter(default=0.0, description="augmentation: share of crops with a "
+                                              "random occluding rectangle")
     checks = {"steps": at_least(1), "batch_size": at_least(1), "lr": positive_finite(),
+              "aug_rotation_deg": in_range(0, 180), "aug_colour": in_range(0, 1, high_open=True),
+              "aug_blur_prob": in_range(0, 1), "aug_occlusion_prob": in_range(0, 1),
               "weight_decay": in_range(0, 10), "checkpoint_every": at_least(1), "seed": in_range(0, 2**32 - 1),
               "num_workers": in_range(0, 64), "consistency_weight": in_range(0, 1e6),
               "distillation_weight": in_range(0, 1e6), "alpha": in_range(0, 1e6), "gamma": in_range(0, 1e6)}
@@ -78,7 +90,17 @@ class TrainModel(HamucoTask):
     def run_dir(self) -> Path:
         digest = self.dataset_sha256()
         params = {k: v for k, v in self.to_str_params().items() if k not in ("out", "num_workers")}
+        for name in AUGMENTATION_OPTIONS:  # off: the run's name is the one it had before the option existed
+            if getattr(self, name) == 0:
+                params.pop(name, None)
         return Path(self.out) / f"train-{self.backbone}-{version_hash(params, digest)}"
+
+    @property
+    def augmentation(self):
+        from pipeline.dataset import Augmentation
+
+        return Augmentation(rotation_deg=self.aug_rotation_deg, colour=self.aug_colour, blur_prob=self.aug_blur_prob,
+                            occlusion_prob=self.aug_occlusion_prob)
 
     def output(self):
         from model.trainer import CHECKPOINT_FINAL
@@ -92,12 +114,12 @@ class TrainModel(HamucoTask):
         from model.losses import LossWeights
         from model.objective import HaMuCoObjective
         from model.trainer import TrainConfig, Trainer, keep_freed_memory_in_process
-        from pipeline.dataset import Augmentation, ShardDataset, load_index
+        from pipeline.dataset import ShardDataset, load_index
 
         keep_freed_memory_in_process()  # 5-15% shorter CPU steps (model/trainer.py)
         index = load_index(self.dataset)
         torch.manual_seed(self.seed)  # the network's initialisation is part of the run: same seed, same bits
-        data = ShardDataset(self.dataset, split="train", confidence=self.confidence, augmentation=Augmentation(),
+        data = ShardDataset(self.dataset, split="train", confidence=self.confidence, augmentation=self.augmentation,
                             seed=self.seed, weak_camera=self.weak_camera)
         size = int(index["crop_size"])
         model = HaMuCo(backbone_name=self.backbone, backbone_weights=self.backbone_weights,

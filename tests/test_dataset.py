@@ -116,3 +116,52 @@ def test_weak_camera_brings_only_that_cameras_2d_ground_truth(index_path):
     assert len(positions) > 1  # the camera moved between positions, and its labels followed it
     with pytest.raises(HamucoError, match="no camera 'cam99'.*cam00"):
         ShardDataset(index_path, split="train", weak_camera="cam99")
+
+
+def test_rotation_turns_the_camera_and_keeps_intrinsics_upper_triangular(index_path):
+    """A rotated crop is the camera turned about its optical axis: crop_K stays an intrinsics matrix
+    (what a weak-perspective network can be consistent with), the extrinsics turn, and the ground
+    truth still projects onto the rotated 2D ground truth."""
+    plain = ShardDataset(index_path, split="train", augmentation=Augmentation(), ground_truth=True)[1]
+    ds = ShardDataset(index_path, split="train", augmentation=Augmentation(rotation_deg=60, colour=0.4),
+                      ground_truth=True)
+    item = ds[1]
+    X = item["gt_joints_world"].numpy().astype(np.float64)
+    turned = 0
+    for v in range(4):
+        if not item["view_mask"][v]:
+            continue
+        K = item["crop_K"][v].numpy().astype(np.float64)
+        E = item["extrinsics"][v].numpy().astype(np.float64)
+        assert abs(K[1, 0]) < 1e-6 * abs(K[0, 0]) and abs(K[0, 1]) < 1e-2 * abs(K[0, 0])  # no rotation left in K
+        assert np.allclose(K[2], [0, 0, 1]) and np.isclose(abs(K[0, 0]), abs(K[1, 1]), rtol=1e-2)
+        assert np.allclose(E[:, :3] @ E[:, :3].T, np.eye(3), atol=1e-5)  # still a rotation
+        p = (X @ E[:, :3].T + E[:, 3]) @ K.T
+        assert np.allclose(p[:, :2] / p[:, 2:], item["gt_joints_2d"][v].numpy(), atol=0.05)
+        # the same camera (the view order is shuffled alike in both draws: same seed)
+        cam = int(item["view_order"][v])
+        w = int(np.nonzero(plain["view_order"].numpy() == cam)[0][0])
+        R0 = plain["extrinsics"][w].numpy()[:, :3].astype(np.float64)
+        Rz = E[:, :3] @ R0.T  # the turn: about the optical axis only
+        assert np.allclose(Rz[2], [0, 0, 1], atol=1e-5) and np.allclose(Rz[:, 2], [0, 0, 1], atol=1e-5)
+        turned += abs(np.degrees(np.arctan2(Rz[1, 0], Rz[0, 0]))) > 1
+    assert turned >= 2  # the draw did rotate views
+    # colour jitter changes pixels within the image range, not geometry
+    assert float(item["images"].std()) > 0
+
+
+def test_augmentation_options_off_keep_the_draws_and_the_run_name(index_path, tmp_path):
+    from pipeline.prepare import version_hash
+    from tasks.train import TrainModel
+
+    a = ShardDataset(index_path, split="train", augmentation=Augmentation(), seed=3)[0]
+    b = ShardDataset(index_path, split="train", augmentation=Augmentation(colour=0.0, rotation_deg=0.0), seed=3)[0]
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy(), equal_nan=a[k].is_floating_point()) for k in a)
+    base = TrainModel(dataset=index_path, out=str(tmp_path), backbone="resnet18")
+    params = {k: v for k, v in base.to_str_params().items()
+              if k not in ("out", "num_workers") and not k.startswith("aug_")}
+    assert base.run_dir.name == f"train-resnet18-{version_hash(params, base.dataset_sha256())}"  # as before
+    rotated = TrainModel(dataset=index_path, out=str(tmp_path), backbone="resnet18", aug_rotation_deg=30)
+    assert rotated.run_dir != base.run_dir and rotated.augmentation.rotation_deg == 30
+    with pytest.raises(HamucoError, match="aug_colour"):
+        TrainModel(dataset=index_path, out=str(tmp_path), aug_colour=1.5)
