@@ -351,10 +351,32 @@ def summarize(layout: dict, cfg: Config, gamma_choice: dict, seconds: float, com
             res["mediapipe_coverage"] = {"views_with_3d": round(float(mp_found.mean()), 3),
                                          "frames_with_3d": round(float(mp_found.any(axis=1).mean()), 3)}
     res["comparisons"] = comparisons(agg, _baseline_tables(agg, "held_out"), res)
+    res["orientation"] = orientation(agg)
     res["noise_curve"] = noise_curve(agg, layout)
     res["convergence"] = convergence(agg, layout, cfg)
     res["checks"] = checks(res)
     return res
+
+
+def orientation(agg: Aggregate) -> dict:
+    """Diagnostic (added after the protocol, not a comparison of it): the global-orientation error in
+    degrees, per view in its camera frame (single, interaction) and of the world-frame fusion; the
+    median over the views (frames for fusion) of every seed pooled, and each seed's median. PA-MPJPE
+    removes this rotation; fusion with extrinsics averages the views in the orientations they give."""
+    out: dict = {}
+    for es in ("held_out", "within"):
+        for row in MAIN_ROWS:
+            tabs = agg.network(row, es)
+            for mode in MODES:
+                key = f"{mode}/orientation_deg"
+                per_seed = [t[key][np.isfinite(t[key])] for t in tabs]
+                out.setdefault(es, {}).setdefault(row, {})[mode] = {
+                    "median_deg": round(float(np.median(np.concatenate(per_seed))), 1),
+                    "seed_medians_deg": [round(float(np.median(v)), 1) for v in per_seed]}
+        u = agg.single(agg.layout["untrained"], es)
+        out[es]["untrained"] = {m: {"median_deg": round(float(np.nanmedian(u[f"{m}/orientation_deg"])), 1)}
+                                for m in MODES}
+    return out
 
 
 def _pf(tables: list[dict], key: str) -> np.ndarray:
@@ -544,6 +566,20 @@ def results_markdown(s: dict, results_dir: Path, md_path: Path) -> str:
     for b, t in s["baselines"]["held_out"].items():
         L.append(f"| baseline | {BASELINE_LABEL[b]} | " + " | ".join(fmt(t[w]["pa_mpjpe"]) for w in
                                                                      ("per_frame", "per_view", "all_views_valid")) + " |")
+    if "orientation" in s:
+        o = s["orientation"]
+        L += ["", "## Global orientation (diagnostic added after the protocol; median degrees)", "",
+              "The rotation Procrustes alignment needs, per view in its camera frame (fusion: in the world frame). "
+              "PA-MPJPE removes it; fusing the views with known extrinsics relies on it.", "",
+              "| method | mode | held-out (seed medians) | within-capture (seed medians) |", "|---|---|---|---|"]
+        for row in list(MAIN_ROWS) + ["untrained"]:
+            for mode in MODES:
+                cells = []
+                for es in ("held_out", "within"):
+                    v = o[es][row][mode]
+                    seeds = f" ({', '.join(f'{x:.0f}' for x in v['seed_medians_deg'])})" if "seed_medians_deg" in v else ""
+                    cells.append(f"{v['median_deg']:.0f}°{seeds}")
+                L.append(f"| {row} | {MODE_LABEL[mode]} | " + " | ".join(cells) + " |")
     L += ["", "## Label noise (noisy-gt labeler, scheme 2, one seed; held-out pooled PA-MPJPE mm)", "",
           "| σ px | single | interaction | fusion | loss change over the last 10% of steps |", "|---|---|---|---|---|"]
     for n in s["noise_curve"]:

@@ -189,6 +189,27 @@ def pa_mpjpe(pred, gt, per_joint: bool = False) -> np.ndarray:
     return _finish(err, ok, per_joint)
 
 
+def orientation_error_deg(pred, gt) -> np.ndarray:
+    """The angle of the rotation that Procrustes alignment needs: how far the prediction's global
+    orientation is from the ground truth's, in degrees (0 = same orientation, 180 = turned over).
+
+        (s, R, t) = argmin sum_j || s R P_nj + t - G_nj ||^2,   angle_n = arccos((tr R - 1) / 2)
+
+    PA-MPJPE removes exactly this rotation, so a network can have a small PA-MPJPE per view and
+    still a useless orientation; fusing views with known extrinsics relies on it.
+
+    Args:
+        pred, gt: ``(N, J, 3)`` joints in the same frame (e.g. a view's camera frame).
+    Returns:
+        ``(N,)`` degrees; NaN for invalid samples.
+    """
+    p, g = _check_pair(pred, gt)
+    p, g, ok = _sanitize(p, g)
+    _, R, _ = similarity_procrustes(torch.from_numpy(p), torch.from_numpy(g))
+    cos = (np.trace(R.numpy(), axis1=-2, axis2=-1) - 1.0) / 2.0
+    return np.where(ok, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))), np.nan)
+
+
 def _procrustes_align(p: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Similarity-align ``p`` onto ``g`` (both finite ``(N, J, 3)`` float64)."""
     P, G = torch.from_numpy(p), torch.from_numpy(g)

@@ -8,7 +8,8 @@ hold the same frames before they are compared.
 
 * :func:`network_frame_errors`: a network's three modes (``single`` and ``interaction`` per view
   (N, V), ``fusion`` with extrinsics and ``fusion_reference`` without (N,)), and the
-  confidence-weighted DLT triangulation of the pseudo labels (N,);
+  confidence-weighted DLT triangulation of the pseudo labels (N,); and the global-orientation
+  error in degrees (``<mode>/orientation_deg``: per view in its camera frame, fusion in the world);
 * :func:`baseline_frame_errors`: what needs no training: the pipeline's RANSAC triangulation (the
   ``triangulated`` joints the shard holds), MediaPipe Hands' own 3D world landmarks per camera
   (N, V) and fused over the cameras of a frame (Procrustes-aligned average), and a constant pose.
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from model.errors import HamucoError
 from model.evaluation import auc_per_prediction, camera_ground_truth, fuse_reference, scores_3d
-from model.metrics import ROOT_JOINT
+from model.metrics import ROOT_JOINT, orientation_error_deg
 from model.statistics import procrustes_mean_pose
 
 from .dataset import ShardDataset
@@ -62,6 +63,20 @@ def network_frame_errors(model: torch.nn.Module, source, split: str, batch_size:
         for m in METRICS:
             out[f"{dst}/{m}"] = _mm(ev.errors[src][m])
         out[f"{dst}/auc"] = auc_per_prediction(ev.errors[src]["pa_joint"]).astype(np.float32)
+    # global orientation (degrees): per view in its camera frame, and the fused result in the world frame
+    rec = ev.records
+    N, V = rec.view_mask.shape
+    gt_cam = camera_ground_truth(rec.gt_world, rec.extrinsics)
+    for mode in ("single", "interaction"):
+        pred = np.where(rec.view_mask[..., None, None], rec.preds[mode], np.nan)
+        out[f"{mode}/orientation_deg"] = orientation_error_deg(pred.reshape(N * V, 21, 3),
+                                                               gt_cam.reshape(N * V, 21, 3)).reshape(N, V) \
+            .astype(np.float32)
+    gt_rel = rec.gt_world - rec.gt_world[:, ROOT_JOINT:ROOT_JOINT + 1]
+    out["fusion/orientation_deg"] = orientation_error_deg(rec.preds["fusion"], gt_rel).astype(np.float32)
+    ref = rec.view_mask.argmax(axis=1)  # the views fused without extrinsics land in the first valid view's frame
+    out["fusion_reference/orientation_deg"] = orientation_error_deg(rec.preds["reference"],
+                                                                    gt_cam[np.arange(N), ref]).astype(np.float32)
     return out
 
 

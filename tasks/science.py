@@ -17,6 +17,10 @@ from .base import HamucoTask, at_least
 from .train import DatasetIndex, TrainModel
 
 
+# what a network table holds beyond the first version (a table without it is made again, not read)
+NETWORK_TABLE_VERSION = ("keys-name-capture", "orientation_deg")
+
+
 class NetworkFrameErrors(HamucoTask):
     """Per-frame errors of the network trained by ``TrainModel(**train)`` (or, with ``train`` empty,
     the untrained network of ``backbone`` initialised from ``init_seed``) on ``split`` of ``dataset``."""
@@ -39,7 +43,8 @@ class NetworkFrameErrors(HamucoTask):
 
     def output(self):
         what = dict(self.train) if self.train else {"untrained": self.backbone, "init_seed": self.init_seed}
-        h = version_hash(json.dumps(what, sort_keys=True, default=str), str(Path(self.dataset).resolve()), self.split)
+        h = version_hash(json.dumps(what, sort_keys=True, default=str), str(Path(self.dataset).resolve()), self.split,
+                         *NETWORK_TABLE_VERSION)
         return luigi.LocalTarget(str(Path(self.out) / f"network-{self.split}-{h}.npz"))
 
     def run(self):
@@ -72,7 +77,7 @@ class BaselineFrameErrors(HamucoTask):
 
     def output(self):
         h = version_hash("baselines", str(Path(self.dataset).resolve()), self.split,
-                         str(Path(self.mean_pose_dataset).resolve()))
+                         str(Path(self.mean_pose_dataset).resolve()), "keys-name-capture")
         return luigi.LocalTarget(str(Path(self.out) / f"baselines-{self.split}-{h}.npz"))
 
     def run(self):

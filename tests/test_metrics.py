@@ -175,3 +175,25 @@ def test_shape_errors():
         mpjpe(np.zeros((2, 21, 3)), np.zeros((2, 20, 3)))
     with pytest.raises(ValueError):
         error_2d(np.zeros((2, 21, 3)), np.zeros((2, 21, 3)))
+
+
+def test_orientation_error_is_the_angle_procrustes_removes():
+    from model.metrics import orientation_error_deg, pa_mpjpe
+
+    rng = np.random.default_rng(3)
+    gt = rng.normal(size=(4, 21, 3)) * 0.03
+
+    def turn(axis, deg):
+        axis = np.asarray(axis, float) / np.linalg.norm(axis)
+        K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+        a = np.radians(deg)
+        return np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * K @ K
+
+    angles = [0.0, 25.0, 90.0, 170.0]
+    axes = [(0, 0, 1), (1, 2, 0), (0, 1, 0), (1, 1, 1)]
+    pred = np.stack([1.3 * g @ turn(ax, a).T + 0.1 for g, ax, a in zip(gt, axes, angles)])
+    assert np.allclose(orientation_error_deg(pred, gt), angles, atol=1e-4)
+    assert np.allclose(pa_mpjpe(pred, gt), 0, atol=1e-9)  # what PA-MPJPE cannot see
+    pred[1, 3] = np.nan
+    out = orientation_error_deg(pred, gt)
+    assert np.isnan(out[1]) and np.isclose(out[2], 90.0, atol=1e-4)
