@@ -187,6 +187,23 @@ def select_consistent(capture: Capture, frame_index: int, candidates: list[list[
     return views
 
 
+def read_views(capture: Capture, frame_index: int, times=None) -> list:
+    """Every view's image of one frame (through the decoded-image cache), or the
+    :class:`~pipeline.capture.CaptureError` reading it raised; ``times`` gets the decode seconds."""
+    from .capture import CaptureError
+    from .provenance import StageTimes
+
+    times = times if times is not None else StageTimes()
+    images: list = []
+    for ci in range(capture.num_views):
+        try:
+            with times("decode"):
+                images.append(capture.read_image(ci, frame_index, cached=True))
+        except CaptureError as exc:
+            images.append(exc)
+    return images
+
+
 def detect_frame(capture: Capture, frame_index: int, detector: MediaPipeHands, margin: float = DEFAULT_MARGIN,
                  images: Optional[list[np.ndarray]] = None, times=None) -> list[ViewDetection]:
     """Detect the hand in every view of one frame (reads the images unless given: per view an image or
@@ -196,16 +213,14 @@ def detect_frame(capture: Capture, frame_index: int, detector: MediaPipeHands, m
     from .provenance import StageTimes
 
     times = times if times is not None else StageTimes()
+    if images is None:
+        images = read_views(capture, frame_index, times)
     candidates, unreadable = [], {}
     for ci in range(capture.num_views):
-        try:
-            with times("decode"):
-                img = images[ci] if images is not None else capture.read_image(ci, frame_index, cached=True)
-                if isinstance(img, CaptureError):  # read ahead by the caller
-                    raise img
-        except CaptureError as exc:
+        img = images[ci]
+        if isinstance(img, CaptureError):
             candidates.append([])
-            unreadable[ci] = str(exc)
+            unreadable[ci] = str(img)
             continue
         cam = capture.cameras[ci]
         if img.shape[1] != cam.width or img.shape[0] != cam.height:

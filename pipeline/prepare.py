@@ -25,7 +25,7 @@ from model.errors import HamucoError
 from .capture import Capture, CaptureError, atomic_write_bytes, load_capture
 from .crop import DEFAULT_CROP_SIZE, DEFAULT_MARGIN, apply_affine, crop_affine, crop_intrinsics, invert_affine, \
     warp_crop
-from .detect import DETECTED, INVALID, RECOVERED, MediaPipeHands, ViewDetection, detect_frame
+from .detect import DETECTED, INVALID, RECOVERED, MediaPipeHands, ViewDetection, detect_frame, read_views
 from .provenance import StageTimes, code_version
 
 HANCO_PREFIX = "hanco:"
@@ -153,23 +153,11 @@ def detect_frames(capture: Capture, frames: Sequence[int], params: DetectorParam
         det = MediaPipeHands(params.max_num_hands, params.min_detection_confidence, params.model_complexity)
     with det:
         # the next frame's images are decoded in a background thread while MediaPipe works on this one
-        ahead = prefetched(lambda fi, t: _read_views(capture, fi, t), frames, times)
+        ahead = prefetched(lambda fi, t: read_views(capture, fi, t), frames, times)
         for fi, images in tqdm(zip(frames, ahead), total=len(frames), desc=f"detect {capture.name}", unit="frame",
                                disable=not progress):
             out.append(detect_frame(capture, fi, det, params.margin, images=images, times=times))
     return out
-
-
-def _read_views(capture: Capture, fi: int, times: StageTimes) -> list:
-    """Every view's image of frame ``fi``, or the :class:`CaptureError` reading it raised."""
-    images: list = []
-    for ci in range(capture.num_views):
-        try:
-            with times("decode"):
-                images.append(capture.read_image(ci, fi, cached=True))
-        except CaptureError as exc:
-            images.append(exc)
-    return images
 
 
 def prefetched(fn, items: Sequence, times: StageTimes):
@@ -481,4 +469,3 @@ def split_shards(shards: list[dict], split_by: str, val_fraction: float, test_fr
             role = "test" if i >= n - n_test else "val" if i >= n - n_test - n_val else "train"
             out[role].append(s["path"])
     return out
-
