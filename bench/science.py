@@ -42,6 +42,7 @@ from tasks.train import TrainModel  # noqa: E402
 
 PROTOCOL = REPO / "bench" / "PROTOCOL.md"
 TRAIN_SEEDS = (100, 101, 102, 103)
+SHORT_SEED0 = 1000  # short training captures of the generalisation stage: ring seeds 1000, 1001, ...
 VAL_SEED = 150
 TEST = (("ring-200", dict(seed=200, rig="ring", occluders=0)), ("ring-201", dict(seed=201, rig="ring", occluders=0)),
         ("dome-300-occluders", dict(seed=300, rig="dome", occluders=2)))
@@ -64,11 +65,15 @@ class Config:
     gammas: tuple = (1.0, 100.0)
     longer_factor: int = 2
     resamples: int = 10_000
+    short_frames: int = 8  # generalisation stage: many short training captures of this many frames
+    curve_captures: tuple = (1, 4, 16, 32)  # numbers of short captures on the held-out curve
+    recipe_factor: int = 3  # the final configuration trains this many times cfg.steps
+    recipe_options: tuple = ()  # (TrainModel option, value) pairs of the final configuration
     quick: bool = False
 
 
 QUICK = dict(train_frames=6, test_frames=4, cameras=4, crop_size=64, frames_per_shard=2, steps=8, batch_size=2,
-             seeds=(0, 1), noise_levels=(0.0, 8.0), resamples=500, quick=True)
+             seeds=(0, 1), noise_levels=(0.0, 8.0), resamples=500, short_frames=3, curve_captures=(1, 2), recipe_factor=2, quick=True)
 
 # Rows: name → (TrainModel options, what it is)
 ROWS = {
@@ -94,6 +99,41 @@ BASELINE_LABEL = {"mediapipe": "MediaPipe 3D world landmarks, per view",
                   "dlt": "confidence-weighted DLT of the pseudo labels (calibrated)",
                   "ransac": "pipeline RANSAC triangulation of the pseudo labels (calibrated)",
                   "constant": "constant mean pose (training captures' Procrustes mean)"}
+
+
+# Generalisation stage (issue 12; bench/PROTOCOL-generalisation.md): each step is scheme 2 with one
+# change, trained on a dataset of the plan, compared on the held-out captures with scheme 2's runs
+# of the same seeds (4 captures of 40 frames, cfg.steps steps). name → (dataset, TrainModel
+# options, steps factor, seeds (indices into cfg.seeds), what it is)
+AUGMENT = dict(aug_rotation_deg=30.0, aug_colour=0.3, aug_blur_prob=0.2, aug_occlusion_prob=0.3)
+GEN_STEPS = {
+    "augmentation": ("train", AUGMENT, 1, (0, 1), "augmentation: in-plane rotation ±30° (camera turned about its "
+                     "axis), colour 0.3, blur 0.2, occluder 0.3"),
+    "pose_prior_0.1": ("train", dict(alpha=0.1), 1, (0,), "pose prior weight α 0.1 (official 0.01)"),
+    "pose_prior_1": ("train", dict(alpha=1.0), 1, (0,), "pose prior weight α 1 (official 0.01)"),
+    "many_short": ("captures-16", {}, 1, (0,), "many short captures"),  # described in gen_steps
+}
+RECIPE = "recipe"  # the step whose 3 seeds are the headline "after the work" row (defined in recipe_step)
+
+
+def recipe_step(cfg: "Config") -> tuple:
+    """The configuration the generalisation work ends with, chosen on the validation capture
+    (bench/PROTOCOL-generalisation.md): many short captures, trained cfg.recipe_factor× longer."""
+    k = max(cfg.curve_captures)
+    return (f"captures-{k}", dict(cfg.recipe_options), cfg.recipe_factor, tuple(range(len(cfg.seeds))),
+            f"{k} short captures of {cfg.short_frames} frames, {cfg.recipe_factor}× steps"
+            + "".join(f", {k2} {v}" for k2, v in cfg.recipe_options))
+
+
+def gen_steps(cfg: "Config") -> dict:
+    steps = dict(GEN_STEPS) if not cfg.quick else {"many_short": GEN_STEPS["many_short"]}
+    k = 16 if not cfg.quick else max(cfg.curve_captures)
+    long_frames = len(TRAIN_SEEDS) * int(cfg.train_frames * 0.8)
+    steps["many_short"] = (f"captures-{k}", {}, 1, (0,), f"{k} short captures of {cfg.short_frames} frames "
+                           f"({k * cfg.short_frames} training frames; the protocol's: {len(TRAIN_SEEDS)} captures, "
+                           f"{long_frames} frames)")
+    steps[RECIPE] = recipe_step(cfg)
+    return steps
 
 
 def log(msg: str) -> None:
@@ -129,6 +169,8 @@ class Plan:
         caps[f"val-{VAL_SEED}"] = dict(seed=VAL_SEED, rig="ring", occluders=0, frames=c.test_frames)
         for name, kw in TEST:
             caps[f"test-{name}"] = dict(kw, frames=c.test_frames)
+        for i in range(max(c.curve_captures)):
+            caps[f"short-{SHORT_SEED0 + i}"] = dict(seed=SHORT_SEED0 + i, rig="ring", occluders=0, frames=c.short_frames)
         for name, kw in caps.items():
             self.captures[name] = SyntheticCapture(dest=str(out / "captures" / name), cameras=c.cameras,
                                                    image_size=c.image_size, **kw)
@@ -144,6 +186,11 @@ class Plan:
         # held-out and validation captures: every frame in the index's "train" list, never trained on
         self.datasets["val"] = PrepareDataset(captures=[self.captures[f"val-{VAL_SEED}"].dest], val_fraction=0.0,
                                               test_fraction=0.0, **common)
+        # generalisation stage: the first k short captures, every frame trained on
+        for k in c.curve_captures:
+            short = [self.captures[f"short-{SHORT_SEED0 + i}"].dest for i in range(k)]
+            self.datasets[f"captures-{k}"] = PrepareDataset(captures=short, val_fraction=0.0, test_fraction=0.0,
+                                                            **common)
         for name, _ in TEST:
             self.datasets[f"test-{name}"] = PrepareDataset(captures=[self.captures[f"test-{name}"].dest],
                                                            val_fraction=0.0, test_fraction=0.0, **common)
@@ -151,9 +198,10 @@ class Plan:
     def path(self, dataset: str) -> str:
         return self.datasets[dataset].output().path
 
-    def train_params(self, row: str, seed: int, gamma: float, dataset: str = "train", steps_factor: int = 1) -> dict:
+    def train_params(self, row: str, seed: int, gamma: float, dataset: str = "train", steps_factor: int = 1,
+                     **overrides) -> dict:
         c = self.cfg
-        opts = dict(ROWS[row][0])
+        opts = dict(ROWS[row][0], **overrides)
         return dict(dataset=self.path(dataset), out=str(self.out / "training"), backbone=c.backbone,
                     steps=c.steps * steps_factor, batch_size=c.batch_size, lr=c.lr, seed=seed, gamma=gamma,
                     checkpoint_every=max(50, c.steps // 4), num_workers=0, **opts)
@@ -198,6 +246,18 @@ def stage_tasks(plan: Plan, gamma: float):
         layout["noise"][f"{sigma:g}"] = {"run": tp, "sets": {s: add(plan.net(tp, *sets[s])) for s in held_out}}
     tp = plan.train_params("scheme2", cfg.seeds[0], gamma, steps_factor=cfg.longer_factor)
     layout["longer"] = {"run": tp, "sets": {s: add(plan.net(tp, *sets[s])) for s in held_out}}
+    # generalisation stage: the curve against the number of short training captures, and each step
+    gen: dict = {"curve": {}, "steps": {}}
+    for k in cfg.curve_captures:
+        tp = plan.train_params("scheme2", cfg.seeds[0], gamma, dataset=f"captures-{k}")
+        gen["curve"][str(k)] = {"run": tp, "sets": {s: add(plan.net(tp, *sets[s])) for s in held_out}}
+    for name, (dataset, opts, factor, seed_idx, what) in gen_steps(cfg).items():
+        runs = {}
+        for i in seed_idx:
+            tp = plan.train_params("scheme2", cfg.seeds[i], gamma, dataset=dataset, steps_factor=factor, **opts)
+            runs[str(cfg.seeds[i])] = {"run": tp, "sets": {s: add(plan.net(tp, *sets[s])) for s in held_out}}
+        gen["steps"][name] = {"what": what, "runs": runs}
+    layout["generalisation"] = gen
     return tasks, layout
 
 
@@ -354,6 +414,7 @@ def summarize(layout: dict, cfg: Config, gamma_choice: dict, seconds: float, com
     res["orientation"] = orientation(agg)
     res["noise_curve"] = noise_curve(agg, layout)
     res["convergence"] = convergence(agg, layout, cfg)
+    res["generalisation"] = generalisation(agg, layout, cfg)
     res["checks"] = checks(res)
     return res
 
@@ -421,6 +482,69 @@ def comparisons(agg: Aggregate, bt: dict, res: dict) -> dict:
     return out
 
 
+def _modes_summary(agg: Aggregate, tabs: list[dict]) -> dict:
+    out = {}
+    for mode in MODES:
+        key = f"{mode}/orientation_deg"
+        orient = np.concatenate([t[key][np.isfinite(t[key])] for t in tabs]) if key in tabs[0] else np.array([])
+        out[mode] = {"pa_mpjpe": agg.interval(tabs, mode).to_json(), "nmpjpe": agg.interval(tabs, mode, "nmpjpe").to_json(),
+                     "orientation_median_deg": round(float(np.median(orient)), 1) if orient.size else None}
+    return out
+
+
+def generalisation(agg: Aggregate, layout: dict, cfg: Config) -> dict:
+    """The generalisation stage on the pooled held-out captures: the curve against the number of
+    short training captures (one seed), and every step against scheme 2's runs of the same seeds."""
+    gen = layout.get("generalisation")
+    if not gen:
+        return {}
+    held = [n for n, _ in TEST]
+
+    def tables(runs: dict) -> list[dict]:
+        return [pooled([agg.table(r["sets"][n]) for n in held]) for r in runs.values()]
+
+    s2 = dict(zip(layout["rows"]["scheme2"], agg.network("scheme2", "held_out")))
+    bt = _baseline_tables(agg, "held_out")
+    out: dict = {"curve": [], "steps": {}, "short_frames": cfg.short_frames,
+                 "reference_point": {"captures": len(TRAIN_SEEDS), "frames": len(TRAIN_SEEDS) * int(cfg.train_frames * 0.8),
+                                     "modes": _modes_summary(agg, [s2[str(cfg.seeds[0])]])}}
+    for k, run in gen["curve"].items():
+        tabs = tables({"x": run})
+        _check_keys([tabs[0], s2[str(cfg.seeds[0])]], f"curve point {k}")
+        out["curve"].append({"captures": int(k), "frames": int(k) * cfg.short_frames, "modes": _modes_summary(agg, tabs),
+                             "convergence": loss_change(run["run"])})
+    for name, st in gen["steps"].items():
+        tabs, seeds = tables(st["runs"]), list(st["runs"])
+        ref = [s2[x] for x in seeds]
+        _check_keys(tabs + ref, f"step {name}")
+        e = {"what": st["what"], "seeds": seeds, "modes": _modes_summary(agg, tabs),
+             "minus_scheme2": {m: paired_difference(_pf(tabs, f"{m}/pa_mpjpe"), _pf(ref, f"{m}/pa_mpjpe"),
+                                                    agg.resamples).to_json() for m in MODES},
+             "convergence": loss_change(next(iter(st["runs"].values()))["run"])}
+        if name == RECIPE:
+            f, i, sv = (_pf(tabs, f"{m}/pa_mpjpe") for m in ("fusion", "interaction", "single"))
+            fr = _pf(tabs, "fusion_reference/pa_mpjpe")
+            e["comparisons"] = {
+                "fusion_minus_ransac": paired_difference(f, _pf([bt["baselines"]], "ransac/pa_mpjpe"), agg.resamples).to_json(),
+                "fusion_minus_mediapipe_fused":
+                    paired_difference(f, _pf([bt["baselines"]], "mediapipe_fused/pa_mpjpe"), agg.resamples).to_json(),
+                "fusion_no_extrinsics_minus_mediapipe_fused":
+                    paired_difference(fr, _pf([bt["baselines"]], "mediapipe_fused/pa_mpjpe"), agg.resamples).to_json(),
+                "single_minus_mediapipe_per_view":
+                    paired_difference(sv, _pf([bt["baselines"]], "mediapipe/pa_mpjpe"), agg.resamples).to_json(),
+                "fusion_minus_interaction": paired_difference(f, i, agg.resamples).to_json(),
+                "interaction_minus_single": paired_difference(i, sv, agg.resamples).to_json(),
+                "single_minus_untrained_single":
+                    paired_difference(sv, _pf([bt["untrained"]], "single/pa_mpjpe"), agg.resamples).to_json(),
+                "fusion_minus_untrained_fusion":
+                    paired_difference(f, _pf([bt["untrained"]], "fusion/pa_mpjpe"), agg.resamples).to_json(),
+                "fusion_minus_constant_pose":
+                    paired_difference(f, _pf([bt["baselines"]], "constant/pa_mpjpe"), agg.resamples).to_json(),
+            }
+        out["steps"][name] = e
+    return out
+
+
 def noise_curve(agg: Aggregate, layout: dict) -> list:
     out = []
     for sigma, run in layout["noise"].items():
@@ -457,6 +581,26 @@ def checks(res: dict) -> dict:
         "paper_order_fusion_lt_interaction_lt_single": bool(pa["fusion"] < pa["interaction"] < pa["single"]),
         "fusion_below_untrained_ci_excludes_0": bool(c["fusion_minus_untrained_fusion"]["ci95"][1] is not None
                                                      and c["fusion_minus_untrained_fusion"]["ci95"][1] < 0),
+        **recipe_checks(res),
+    }
+
+
+def recipe_checks(res: dict) -> dict:
+    """Issue 12's goal figures for the final configuration (the generalisation stage's recipe)."""
+    st = (res.get("generalisation") or {}).get("steps", {}).get(RECIPE)
+    if not st:
+        return {}
+    base = res["baselines"]["held_out"]
+    best = min(("mediapipe_fused", "ransac"), key=lambda b: base[b]["per_frame"]["pa_mpjpe"]["mean"])
+    b = base[best]["per_frame"]["pa_mpjpe"]
+    f = st["modes"]["fusion"]["pa_mpjpe"]
+    pa = {m: st["modes"][m]["pa_mpjpe"]["mean"] for m in ("single", "interaction", "fusion")}
+    sm = st["comparisons"]["single_minus_mediapipe_per_view"]["ci95"]
+    return {
+        "recipe_fusion_25pct_below_best_baseline_cis_disjoint": bool(f["mean"] <= 0.75 * b["mean"]
+                                                                      and f["ci95"][1] < b["ci95"][0]),
+        "recipe_single_below_mediapipe_per_view_ci_excludes_0": bool(sm[1] is not None and sm[1] < 0),
+        "recipe_paper_order_fusion_lt_interaction_lt_single": bool(pa["fusion"] < pa["interaction"] < pa["single"]),
     }
 
 
@@ -597,9 +741,69 @@ def results_markdown(s: dict, results_dir: Path, md_path: Path) -> str:
         ch = cv[key].get("relative_change_last_10pct")
         L.append(f"- training loss of the {name}: {'–' if ch is None else f'{ch * 100:.1f}%'} lower over its last "
                  "10% of steps than over the 10% before (the protocol calls < 2% converged)")
+    L += generalisation_markdown(s, rel)
     L += ["", "All figures, every weighting and metric: "
           f"`{rel}/science.json`; the per-frame tables under the output directory's `frames/`.", ""]
     return "\n".join(L)
+
+
+def generalisation_markdown(s: dict, rel: str) -> list[str]:
+    g = s.get("generalisation")
+    if not g:
+        return []
+    gen_protocol = REPO / "bench" / "PROTOCOL-generalisation.md"
+    base = s["baselines"]["held_out"]
+    L = ["", "## Generalisation to unseen captures (issue 12; protocol addendum "
+         f"`{os.path.relpath(gen_protocol, REPO)}`)", "",
+         "Held-out captures pooled, per-frame PA-MPJPE mm (mean ± seed std [95% CI]); NMPJPE mm; each step's "
+         "paired difference against scheme 2's runs of the same seeds (4 captures × 32 training frames, "
+         f"{s['config']['steps']} steps); orientation: median global-orientation error of the interaction output.", "",
+         "| step | seeds | single | interaction | fusion (extrinsics) | fusion (no extrinsics) | NMPJPE fusion | "
+         "orientation | Δ single | Δ interaction | Δ fusion |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, st in g["steps"].items():
+        m = st["modes"]
+        L.append(f"| {st['what']} | {', '.join(st['seeds'])} | {fmt(m['single']['pa_mpjpe'])} | "
+                 f"{fmt(m['interaction']['pa_mpjpe'])} | {fmt(m['fusion']['pa_mpjpe'])} | "
+                 f"{fmt(m['fusion_reference']['pa_mpjpe'])} | {fmt(m['fusion']['nmpjpe'])} | "
+                 f"{m['interaction']['orientation_median_deg']}° | "
+                 + " | ".join(fmt_diff(st["minus_scheme2"][k]) for k in ("single", "interaction", "fusion")) + " |")
+    cv = s["convergence"]
+    L.append(f"| scheme 2 trained {cv['longer_steps']} steps ({cv['longer_steps'] // cv['steps']}× steps) | "
+             f"{s['config']['seeds'][0]} | {fmt(cv['single']['steps_2x'])} | {fmt(cv['interaction']['steps_2x'])} | "
+             f"{fmt(cv['fusion']['steps_2x'])} | – | – | – | "
+             + " | ".join(fmt_diff(cv[k]["2x_minus_1x"]) for k in ("single", "interaction", "fusion")) + " |")
+    L += ["", f"**Held-out error against the number of training captures** (short ring captures of {g['short_frames']} "
+          f"frames, every frame trained on; scheme 2, seed {s['config']['seeds'][0]}, {s['config']['steps']} steps; the "
+          "last row is the protocol's 4 long captures for comparison):", "",
+          "| training captures | frames | single | interaction | fusion (extrinsics) | fusion (no extrinsics) | "
+          "orientation (interaction) | loss change, last 10% |", "|---|---|---|---|---|---|---|---|"]
+    pts = list(g["curve"]) + [dict(g["reference_point"], convergence={})]
+    for i, p in enumerate(pts):
+        m = p["modes"]
+        ch = p["convergence"].get("relative_change_last_10pct")
+        label = f"{p['captures']}" + (" (protocol's long captures)" if i == len(pts) - 1 else "")
+        L.append(f"| {label} | {p['frames']} | {fmt(m['single']['pa_mpjpe'])} | {fmt(m['interaction']['pa_mpjpe'])} | "
+                 f"{fmt(m['fusion']['pa_mpjpe'])} | {fmt(m['fusion_reference']['pa_mpjpe'])} | "
+                 f"{m['interaction']['orientation_median_deg']}° | {'–' if ch is None else f'{ch * 100:.1f}%'} |")
+    L += ["", f"![held-out error against training captures]({rel}/science_curve.png)", ""]
+    st = g["steps"].get(RECIPE)
+    if st:
+        c = st["comparisons"]
+        L += [f"**After the work** ({st['what']}; seeds {', '.join(st['seeds'])}), against what a user has without "
+              "training (paired over the held-out frames):", "",
+              f"- fusion − RANSAC triangulation ({fmt(base['ransac']['per_frame']['pa_mpjpe'])}): "
+              f"{fmt_diff(c['fusion_minus_ransac'])}",
+              f"- fusion − MediaPipe fused ({fmt(base['mediapipe_fused']['per_frame']['pa_mpjpe'])}): "
+              f"{fmt_diff(c['fusion_minus_mediapipe_fused'])}; fusion without extrinsics − MediaPipe fused: "
+              f"{fmt_diff(c['fusion_no_extrinsics_minus_mediapipe_fused'])}",
+              f"- single view − MediaPipe per view ({fmt(base['mediapipe']['per_frame']['pa_mpjpe'])}): "
+              f"{fmt_diff(c['single_minus_mediapipe_per_view'])}",
+              f"- single − untrained single: {fmt_diff(c['single_minus_untrained_single'])}; fusion − untrained fusion: "
+              f"{fmt_diff(c['fusion_minus_untrained_fusion'])}; fusion − constant pose: "
+              f"{fmt_diff(c['fusion_minus_constant_pose'])}",
+              f"- the paper's order: fusion − interaction {fmt_diff(c['fusion_minus_interaction'])}; interaction − "
+              f"single {fmt_diff(c['interaction_minus_single'])}", ""]
+    return L
 
 
 def plots(s: dict, results_dir: Path) -> None:
@@ -642,6 +846,28 @@ def plots(s: dict, results_dir: Path) -> None:
     ax.legend(fontsize=7)
     fig.savefig(results_dir / "science_noise.png", dpi=90, bbox_inches="tight")
     plt.close(fig)
+    g = s.get("generalisation")
+    if g and g.get("curve"):
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        x = [p["captures"] for p in g["curve"]]
+        for j, m in enumerate(("single", "interaction", "fusion", "fusion_reference")):
+            iv = [p["modes"][m]["pa_mpjpe"] for p in g["curve"]]
+            ax.plot(x, [v["mean"] for v in iv], "o-", color=f"C{j}", label=MODE_LABEL[m])
+            ax.fill_between(x, [v["ci95"][0] for v in iv], [v["ci95"][1] for v in iv], color=f"C{j}", alpha=0.12)
+            ref = g["reference_point"]["modes"][m]["pa_mpjpe"]["mean"]
+            ax.plot([g["reference_point"]["captures"]], [ref], "s", color=f"C{j}", mfc="none")
+        base = s["baselines"]["held_out"]
+        for b, style in (("mediapipe_fused", ":"), ("ransac", "--"), ("constant", "-.")):
+            ax.axhline(base[b]["per_frame"]["pa_mpjpe"]["mean"], color="k", ls=style, lw=0.8, label=b)
+        ax.axhline(s["untrained"]["held_out"]["single"]["per_frame"]["pa_mpjpe"]["mean"], color="C7", lw=0.8,
+                   label="untrained single")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(f"training captures ({g['short_frames']} frames each; squares: 4 long captures)")
+        ax.set_ylabel("PA-MPJPE (mm), held-out, 95% CI")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+        fig.savefig(results_dir / "science_curve.png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
 
 
 def write_outputs(s: dict, results_dir: Path, md_path: Path) -> None:
