@@ -2,6 +2,8 @@
 
 * :func:`load_model` rebuilds the network a checkpoint was trained as (backbone, crop size, hand
   model) and refuses a checkpoint that does not match, naming what differs.
+* :func:`initial_network` rebuilds the network a training run started from (same seed, same
+  bits): the untrained reference every evaluation reports beside the trained network.
 * :func:`infer` runs one group of crops (any number of views, 1 to many) and returns a
   :class:`HandPrediction`: with extrinsics the 3D joints are in the world frame (root-relative,
   the average of the views rotated into the world, seed B.5); without them in a chosen reference
@@ -64,6 +66,28 @@ def load_model(checkpoint: str | os.PathLike, hand_model: Optional[str | os.Path
     model.eval()
     return model, {"architecture": arch, "provenance": ckpt.get("provenance", {}),
                    "step": (ckpt.get("state") or {}).get("step")}
+
+
+def initial_network(backbone: str, image_size: int, seed: int, backbone_weights: str = "none",
+                    hand_model: Optional[str | os.PathLike | HandModel] = None) -> HaMuCo:
+    """The network as a training run with ``seed`` starts it (``TrainModel`` builds its network
+    here), in eval mode: the untrained reference of that run."""
+    torch.manual_seed(int(seed))
+    hm = hand_model if isinstance(hand_model, HandModel) else HandModel(hand_model)
+    return HaMuCo(backbone_name=backbone, backbone_weights=backbone_weights, hand_model=hm,
+                  image_size=int(image_size)).eval()
+
+
+def initial_network_of(info: dict, hand_model: Optional[str | os.PathLike] = None) -> HaMuCo:
+    """:func:`initial_network` of the run a checkpoint comes from (``info`` from :func:`load_model`)."""
+    arch, params = info["architecture"], (info.get("provenance") or {}).get("params", {})
+    if "seed" not in params:
+        raise HamucoError("the checkpoint records no training seed; its untrained network cannot be rebuilt")
+    if hand_model is None:
+        recorded = params.get("hand_model")
+        hand_model = recorded if recorded not in (None, "None", "") else None
+    return initial_network(arch["backbone"], int(arch["image_size"]), int(params["seed"]),
+                           params.get("backbone_weights", "none"), hand_model)
 
 
 def _state_dict_difference(model_sd: dict, ckpt_sd: dict) -> tuple[list[str], list[str]]:

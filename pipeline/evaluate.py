@@ -168,7 +168,11 @@ def summary_table(metrics: dict) -> str:
 
     def fmt(x, w, p=1):
         return f"{x:{w}.{p}f}" if isinstance(x, (int, float)) and np.isfinite(x) else f"{'-':>{w}s}"
-    for group, tables in (("", metrics["modes"]), ("baseline: ", metrics["baselines"])):
+    groups = [("", metrics["modes"])]
+    if "untrained" in metrics:
+        groups.append(("untrained: ", metrics["untrained"]["modes"]))
+    groups.append(("baseline: ", metrics["baselines"]))
+    for group, tables in groups:
         for name, t in tables.items():
             lines.append(f"{(group + name)[:24]:24s}{fmt(t.get('pa_mpjpe_mm'), 10)}{fmt(t.get('nmpjpe_mm'), 9)}"
                          f"{fmt(t.get('mpjpe_mm'), 9)}{fmt(t.get('auc_0_50mm'), 7, 3)}{fmt(t.get('error_2d_px'), 8)}")

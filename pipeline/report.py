@@ -208,6 +208,7 @@ def render_report(ev, provenance: dict, dataset_index: Optional[dict] = None,
     parts.append(_table(meta, [("k", "", 0), ("v", "", 0)], "what was evaluated").replace("<table>",
                                                                                          "<table class='meta'>"))
     rows = [{"name": MODE_TITLES.get(k, k), **v} for k, v in m["modes"].items()]
+    rows += [{"name": f"untrained: {MODE_TITLES.get(k, k)}", **v} for k, v in m.get("untrained", {}).get("modes", {}).items()]
     rows += [{"name": f"baseline: {k}", **v} for k, v in m["baselines"].items()]
     parts.append("<h2>Metrics</h2>" + _table(rows, METRIC_COLUMNS, f"{m['samples']} samples, "
                                               f"{m['valid_views']} valid views of {m['samples'] * m['views']}"))

@@ -278,11 +278,30 @@ def _demo(args: argparse.Namespace) -> int:
     from pipeline.evaluate import summary_table
 
     metrics = json.loads(Path(result["metrics"]).read_text())
-    print(f"evaluation ({metrics['provenance']['split']} split; a {len(rows)}-step run on a few frames shows the "
-          "pipeline end to end, not a trained model: see RESULTS.md / make science):")
+    print(f"evaluation ({metrics['provenance']['split']} split: frames of this capture that training never saw; "
+          "the untrained rows are the same network at the initialisation training started from):")
     print("  " + summary_table(metrics).replace("\n", "\n  "))
+    print("what training bought (trained − untrained, mm; negative is better):")
+    for line in training_gain_lines(metrics):
+        print("  " + line)
+    print("captures training never saw, several seeds and every baseline: RESULTS.md (make science)")
     print(f"report: {result['report']}")
     return 0
+
+
+def training_gain_lines(metrics: dict) -> list[str]:
+    """Per mode, the trained network's PA-MPJPE and NMPJPE against the untrained one's."""
+    out = []
+    for mode, t in metrics["modes"].items():
+        u = metrics.get("untrained", {}).get("modes", {}).get(mode)
+        if not u:
+            continue
+        cells = []
+        for key, label in (("pa_mpjpe_mm", "PA-MPJPE"), ("nmpjpe_mm", "NMPJPE")):
+            d = t[key] - u[key]
+            cells.append(f"{label} {t[key]:.1f} vs {u[key]:.1f} ({d:+.1f}, {'better' if d < 0 else 'NOT better'})")
+        out.append(f"{mode:<12} " + "; ".join(cells))
+    return out
 
 
 def _int_at_least(low: int):

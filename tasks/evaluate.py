@@ -39,6 +39,8 @@ class EvaluateModel(HamucoTask):
     confidence = luigi.ChoiceParameter(choices=["raw", "refined"], default="raw",
                                        description="confidence weighting the triangulation baseline")
     batch_size = luigi.IntParameter(default=4)
+    compare_untrained = luigi.BoolParameter(default=True, description="also score the run's untrained network "
+                                            "(its initialisation, rebuilt from the recorded seed) on the same split")
     checks = {"batch_size": at_least(1)}
     hand_model = luigi.OptionalParameter(default=None, description="converted MANO .npz the run was trained with")
 
@@ -48,7 +50,8 @@ class EvaluateModel(HamucoTask):
     @property
     def eval_dir(self) -> Path:
         digests = [sha256_file(p) if Path(p).is_file() else "" for p in (self.checkpoint, self.dataset)]
-        params = {"split": self.split, "confidence": self.confidence, "hand_model": self.hand_model}
+        params = {"split": self.split, "confidence": self.confidence, "hand_model": self.hand_model,
+                  **({"untrained": True} if self.compare_untrained else {})}
         return Path(self.out) / f"eval-{self.split}-{version_hash(params, *digests)}"
 
     def output(self):
@@ -60,7 +63,7 @@ class EvaluateModel(HamucoTask):
         return Path(self.output()["report"].path).exists()
 
     def run(self):
-        from model.inference import load_model
+        from model.inference import initial_network_of, load_model
         from pipeline.dataset import load_index
         from pipeline.evaluate import evaluate_split, write_results
         from pipeline.report import render_report, write_report
@@ -69,6 +72,12 @@ class EvaluateModel(HamucoTask):
         model, info = load_model(self.checkpoint, self.hand_model)
         ev = evaluate_split(model, self.dataset, split=self.split, confidence=self.confidence,
                             batch_size=self.batch_size)
+        if self.compare_untrained:
+            seed = info["provenance"].get("params", {}).get("seed")
+            untrained = evaluate_split(initial_network_of(info, self.hand_model), self.dataset, split=self.split,
+                                       confidence=self.confidence, batch_size=self.batch_size)
+            ev.metrics["untrained"] = {"init_seed": int(seed), "modes": untrained.metrics["modes"],
+                                       "what": "the same architecture at the initialisation this run started from"}
         prov = {"checkpoint": os.path.abspath(self.checkpoint), "checkpoint_sha256": sha256_file(self.checkpoint),
                 "training_step": info["step"], "backbone": info["architecture"]["backbone"],
                 "dataset": os.path.abspath(self.dataset), "split": self.split, "labeler": index.get("labeler"),

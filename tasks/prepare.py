@@ -334,9 +334,14 @@ class Demo(HamucoTask):
 
     out = luigi.Parameter(default="demo_output")
     frames_per_shard = luigi.IntParameter(default=3)
-    train_steps = luigi.IntParameter(default=200)
+    crop_size = luigi.IntParameter(default=64, description="crop size of the demo's shards (64: a short run on "
+                                   "2 cores gets past the untrained network)")
+    train_steps = luigi.IntParameter(default=300)
+    batch_size = luigi.IntParameter(default=2)
+    lr = luigi.FloatParameter(default=1e-3)
     backbone = luigi.ChoiceParameter(choices=["resnet18", "resnet34", "resnet50"], default="resnet18")
-    checks = {"frames_per_shard": at_least(1), "train_steps": at_least(1)}
+    checks = {"frames_per_shard": at_least(1), "train_steps": at_least(1), "batch_size": at_least(1),
+              "crop_size": in_range(32, 2048), "lr": positive_finite()}
 
     def requires(self):
         return SyntheticCapture(dest=os.path.join(self.out, "capture"))
@@ -348,10 +353,11 @@ class Demo(HamucoTask):
         from .train import TrainModel
 
         dataset = yield PrepareDataset(captures=[os.path.join(self.out, "capture")],
-                                       out=os.path.join(self.out, "prepared"), frames_per_shard=self.frames_per_shard)
+                                       out=os.path.join(self.out, "prepared"), frames_per_shard=self.frames_per_shard,
+                                       crop_size=self.crop_size)
         checkpoint = yield TrainModel(dataset=dataset.path, out=os.path.join(self.out, "training"),
-                                      backbone=self.backbone, steps=self.train_steps, batch_size=1,
-                                      checkpoint_every=50, use_extrinsics=True)
+                                      backbone=self.backbone, steps=self.train_steps, batch_size=self.batch_size,
+                                      lr=self.lr, checkpoint_every=100, use_extrinsics=True)
         from .evaluate import EvaluateModel
 
         evaluation = yield EvaluateModel(checkpoint=checkpoint.path, dataset=dataset.path,

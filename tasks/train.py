@@ -110,7 +110,7 @@ class TrainModel(HamucoTask):
     def run(self):
         import torch
 
-        from model.hamuco import HaMuCo
+        from model.inference import initial_network
         from model.losses import LossWeights
         from model.objective import HaMuCoObjective
         from model.trainer import TrainConfig, Trainer, keep_freed_memory_in_process
@@ -122,8 +122,9 @@ class TrainModel(HamucoTask):
         data = ShardDataset(self.dataset, split="train", confidence=self.confidence, augmentation=self.augmentation,
                             seed=self.seed, weak_camera=self.weak_camera)
         size = int(index["crop_size"])
-        model = HaMuCo(backbone_name=self.backbone, backbone_weights=self.backbone_weights,
-                       hand_model=self.hand_model, image_size=size)
+        # the run's initial network (initial_network seeds torch with the run's seed again, so an
+        # evaluation can rebuild the untrained reference bit for bit)
+        model = initial_network(self.backbone, size, self.seed, self.backbone_weights, self.hand_model).train()
         architecture = {"model": "HaMuCo", "backbone": self.backbone, "image_size": size,
                         "hand_model": model.hand_model.sha256}
         provenance = {"code_version": code_version(), "dataset": os.path.abspath(self.dataset),

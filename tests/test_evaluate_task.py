@@ -67,6 +67,37 @@ def test_evaluation_outputs(evaluation):
     assert evaluation.complete()
 
 
+def test_evaluation_scores_the_untrained_network_beside_the_trained_one(trained, evaluation):
+    """metrics.json records the run's own initialisation on the same split (the comparison a user
+    needs: what training bought), and that network is the one training started from: after one step
+    at a learning rate of 1e-30 the run's parameters equal the rebuilt initial network's."""
+    from model.inference import initial_network_of
+
+    m = json.loads(Path(evaluation.output()["metrics"].path).read_text())
+    assert m["untrained"]["init_seed"] == 0
+    assert set(m["untrained"]["modes"]) == {"single", "interaction", "fusion"}
+    for mode in ("single", "interaction", "fusion"):
+        u, t = m["untrained"]["modes"][mode], m["modes"][mode]
+        assert u["count"] == t["count"] and u["pa_mpjpe_mm"] > 0 and u["pa_mpjpe_mm"] != t["pa_mpjpe_mm"]
+    from pipeline.evaluate import summary_table
+
+    assert "untrained: fusion" in summary_table(m)
+    assert "untrained: " in Path(evaluation.output()["report"].path).read_text()
+
+    still = TrainModel(dataset=trained["dataset"], out=str(trained["root"] / "runs-lr0"), backbone="resnet18", steps=1,
+                       batch_size=1, lr=1e-30, seed=7)
+    assert luigi.build([still], local_scheduler=True, log_level="WARNING")
+    model, info = load_model(still.output().path)
+    initial = initial_network_of(info)
+    params = dict(initial.named_parameters())
+    assert len(params) > 100
+    for name, p in model.named_parameters():
+        assert torch.allclose(p, params[name], rtol=0, atol=1e-20), name
+    model2, info2 = load_model(trained["checkpoint"])  # seed 0, 6 steps at the default rate: it moved
+    moved = dict(initial_network_of(info2).named_parameters())
+    assert any(not torch.equal(p, moved[n]) for n, p in model2.named_parameters())
+
+
 def test_exact_labels_make_exact_baselines(trained, tmp_path):
     """With σ = 0 labels the pseudo labels match the 2D ground truth and triangulating them with the
     crop cameras gives the 3D ground truth: a check of the crop geometry used by the baselines."""
@@ -243,3 +274,17 @@ def test_infer_images_and_video_in_the_wild(trained, tmp_path):
     assert len(list((tmp_path / "ov").glob("*.png"))) >= 2
     with pytest.raises(HamucoError, match="no such image"):
         infer_images(model, [tmp_path / "missing.png"], progress=False)
+
+
+def test_demo_states_what_training_bought_per_mode():
+    from tasks.cli import training_gain_lines
+
+    t = {"pa_mpjpe_mm": 20.0, "nmpjpe_mm": 30.0}
+    metrics = {"modes": {"single": t, "fusion": {"pa_mpjpe_mm": 9.0, "nmpjpe_mm": 12.0}},
+               "untrained": {"modes": {"single": {"pa_mpjpe_mm": 13.0, "nmpjpe_mm": 100.0},
+                                       "fusion": {"pa_mpjpe_mm": 29.0, "nmpjpe_mm": 101.0}}}}
+    single, fusion = training_gain_lines(metrics)
+    assert single.startswith("single") and "PA-MPJPE 20.0 vs 13.0 (+7.0, NOT better)" in single
+    assert "NMPJPE 30.0 vs 100.0 (-70.0, better)" in single
+    assert "PA-MPJPE 9.0 vs 29.0 (-20.0, better)" in fusion
+    assert training_gain_lines({"modes": {"single": t}}) == []  # an evaluation without the untrained rows
