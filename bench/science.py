@@ -757,7 +757,9 @@ def generalisation_markdown(s: dict, rel: str) -> list[str]:
          f"`{os.path.relpath(gen_protocol, REPO)}`)", "",
          "Held-out captures pooled, per-frame PA-MPJPE mm (mean ± seed std [95% CI]); NMPJPE mm; each step's "
          "paired difference against scheme 2's runs of the same seeds (4 captures × 32 training frames, "
-         f"{s['config']['steps']} steps); orientation: median global-orientation error of the interaction output.", "",
+         f"{s['config']['steps']} steps); orientation: median global-orientation error of the interaction output. "
+         "Training runs already complete when the command started (those of the validation pilots, same Luigi "
+         "tasks and parameters) are reused, and their time is not in the run time above.", "",
          "| step | seeds | single | interaction | fusion (extrinsics) | fusion (no extrinsics) | NMPJPE fusion | "
          "orientation | Δ single | Δ interaction | Δ fusion |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, st in g["steps"].items():
