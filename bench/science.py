@@ -488,6 +488,7 @@ def _modes_summary(agg: Aggregate, tabs: list[dict]) -> dict:
         key = f"{mode}/orientation_deg"
         orient = np.concatenate([t[key][np.isfinite(t[key])] for t in tabs]) if key in tabs[0] else np.array([])
         out[mode] = {"pa_mpjpe": agg.interval(tabs, mode).to_json(), "nmpjpe": agg.interval(tabs, mode, "nmpjpe").to_json(),
+                     "auc": agg.interval(tabs, mode, "auc").to_json(3),
                      "orientation_median_deg": round(float(np.median(orient)), 1) if orient.size else None}
     return out
 
@@ -630,6 +631,11 @@ def headline_rows(s: dict, es: str, w: str = "per_frame") -> list[str]:
         for mode, t in s["rows"][row][es].items():
             lines.append(f"| {label} | {MODE_LABEL[mode]} | {fmt(t[w]['pa_mpjpe'])} | {fmt(t[w]['nmpjpe'])} | "
                          f"{fmt(t[w]['auc'])} |")
+    recipe = (s.get("generalisation") or {}).get("steps", {}).get(RECIPE)
+    if recipe and es == "held_out" and w == "per_frame":
+        for mode, t in recipe["modes"].items():
+            lines.append(f"| **after the work** (generalisation stage): scheme 2, {recipe['what']} | {MODE_LABEL[mode]} | "
+                         f"{fmt(t['pa_mpjpe'])} | {fmt(t['nmpjpe'])} | {fmt(t.get('auc'))} |")
     for mode, t in s["untrained"][es].items():
         lines.append(f"| untrained network (seed 0 initialisation) | {MODE_LABEL[mode]} | {fmt(t[w]['pa_mpjpe'])} | "
                      f"{fmt(t[w]['nmpjpe'])} | {fmt(t[w]['auc'])} |")
@@ -822,6 +828,10 @@ def plots(s: dict, results_dir: Path) -> None:
         items.append((f"untrained {mode}", t["per_frame"]["pa_mpjpe"], "C7"))
     for b, t in s["baselines"]["held_out"].items():
         items.append((f"baseline {b}", t["per_frame"]["pa_mpjpe"], "C3"))
+    recipe = (s.get("generalisation") or {}).get("steps", {}).get(RECIPE)
+    if recipe:
+        for mode, t in recipe["modes"].items():
+            items.append((f"after the work {mode}", t["pa_mpjpe"], "C1"))
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(items) + 1))
     y = np.arange(len(items))[::-1]
     means = np.array([it[1]["mean"] if it[1]["mean"] is not None else np.nan for it in items])

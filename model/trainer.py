@@ -4,8 +4,9 @@ The trainer knows nothing of file formats or Luigi. It is given a model, a datas
 objective ``objective(model, batch, step) -> dict[str, Tensor]`` whose ``"total"`` entry is
 minimised (the other entries are logged).
 
-Checkpoints (``checkpoint-last.pt`` every ``checkpoint_every`` steps and at every epoch end,
-plus ``checkpoint-final.pt``) hold the model, optimizer, scheduler, torch RNG state and the
+Checkpoints (``checkpoint-last.pt`` every ``checkpoint_every`` steps, plus
+``checkpoint-final.pt``; not at epoch ends: the data-order state resumes mid-epoch exactly, and a
+small dataset would otherwise write the whole model every few steps) hold the model, optimizer, scheduler, torch RNG state and the
 data-order state (epoch, position in the epoch's permutation), and the architecture and
 provenance they were made with. They are written to a temporary file and renamed, and read
 with ``torch.load(..., weights_only=True)``. Resuming continues exactly: on CPU, k steps, a
@@ -194,7 +195,7 @@ class Trainer:
 
         The state is advanced before a batch is handed out, so a checkpoint written after a
         step records exactly the data consumed so far; after an epoch's last batch it already
-        points at the start of the next epoch (and ``_epoch_end`` is set).
+        points at the start of the next epoch.
         """
         per_step = self.config.batch_size * self.world
         while True:
@@ -216,7 +217,6 @@ class Trainer:
                 if i == len(mine) - 1:
                     self.state.epoch += 1
                     self.state.position = 0
-                    self._epoch_end = True
                 yield batch
 
     # ------------------------------------------------------------------ loop
@@ -242,7 +242,6 @@ class Trainer:
                 bar.close()
                 return {"steps": self.state.step, "checkpoint": None, "metrics": str(metrics_path)}
             t0 = time.perf_counter()
-            self._epoch_end = False
             batch = next(batches)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 losses = self.objective(self.ddp, batch, self.state.step)
@@ -268,7 +267,7 @@ class Trainer:
                     fh.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{record['total']:.4f}")
-            if self.state.step % cfg.checkpoint_every == 0 or self._epoch_end or self.state.step == cfg.steps:
+            if self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.steps:
                 last_good = self.save(CHECKPOINT_LAST)
         bar.close()
         final = self.out / CHECKPOINT_FINAL

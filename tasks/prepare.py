@@ -357,7 +357,7 @@ class Demo(HamucoTask):
                                        crop_size=self.crop_size)
         checkpoint = yield TrainModel(dataset=dataset.path, out=os.path.join(self.out, "training"),
                                       backbone=self.backbone, steps=self.train_steps, batch_size=self.batch_size,
-                                      lr=self.lr, checkpoint_every=100, use_extrinsics=True)
+                                      lr=self.lr, checkpoint_every=self.train_steps, use_extrinsics=True)
         from .evaluate import EvaluateModel
 
         evaluation = yield EvaluateModel(checkpoint=checkpoint.path, dataset=dataset.path,

@@ -44,8 +44,9 @@ def test_quick_science_run_shared_by_two_workers_through_luigid(tmp_path, luigid
     # every training ran once, to its last step (two workers never trained the same run)
     runs = sorted((out / "training").iterdir())
     # 6 rows x 2 seeds, 2 noise levels, the shape-prior weight not chosen, the 2x run (the chosen weight's
-    # validation run is the scheme-2 seed-0 run itself)
-    assert len(runs) == 2 * 6 + 2 + 1 + 1
+    # validation run is the scheme-2 seed-0 run itself); the generalisation stage: the curve's 2 points
+    # (its last point is also the "many short captures" step) and the recipe's 2 seeds
+    assert len(runs) == 2 * 6 + 2 + 1 + 1 + 2 + 2
     for run in runs:
         steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
         assert steps == sorted(set(steps)), run
@@ -72,6 +73,18 @@ def test_quick_science_run_shared_by_two_workers_through_luigid(tmp_path, luigid
     assert (REPO / "bench" / "PROTOCOL.md").read_text().splitlines()[0] in md
     assert "`--quick` smoke run: not a result" in md
     assert (tmp_path / "res-a" / "science_heldout.png").stat().st_size > 0
+
+    g = s["generalisation"]
+    assert [p["captures"] for p in g["curve"]] == [1, 2] and [p["frames"] for p in g["curve"]] == [3, 6]
+    assert set(g["steps"]) == {"many_short", "recipe"} and g["steps"]["recipe"]["seeds"] == ["0", "1"]
+    # the many-short step is the curve's last point: the same run, the same figures
+    assert g["steps"]["many_short"]["modes"]["fusion"]["pa_mpjpe"] == g["curve"][-1]["modes"]["fusion"]["pa_mpjpe"]
+    for d in g["steps"]["recipe"]["minus_scheme2"].values():
+        assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    assert {"recipe_fusion_25pct_below_best_baseline_cis_disjoint", "recipe_single_below_mediapipe_per_view_ci_excludes_0",
+            "recipe_paper_order_fusion_lt_interaction_lt_single"} <= set(s["checks"])
+    assert "## Generalisation to unseen captures" in md and "**after the work**" in md
+    assert (tmp_path / "res-a" / "science_curve.png").stat().st_size > 0
 
     # every row was scored on the same frames as the baselines
     frames = out / "frames"

@@ -50,6 +50,15 @@ def run(out, steps, resume=True, until=None, **kw):
     return t, t.train(resume=resume, until=until)
 
 
+def test_checkpoints_follow_checkpoint_every_not_epoch_ends(tmp_path):
+    """One epoch is 6 steps here; with checkpoint_every 4 a run stopped after step 7 has its last
+    checkpoint at step 4 (mid-epoch, resumable exactly), none at the epoch end (step 6)."""
+    cfg = TrainConfig(steps=10, batch_size=4, lr=1e-2, checkpoint_every=4, progress=False)
+    Trainer(toy_model(), Toy(), objective, cfg, tmp_path, architecture={"model": "toy", "hidden": 16}).train(until=7)
+    state = load_checkpoint(tmp_path / CHECKPOINT_LAST)["state"]
+    assert state["step"] == 4 and state["epoch"] == 0 and state["position"] == 16
+
+
 def test_resume_after_kill_equals_uninterrupted(tmp_path):
     straight, _ = run(tmp_path / "a", 14)
     # 7 of 14 steps, then a "kill" (no final checkpoint): a fresh trainer resumes from the
