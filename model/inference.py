@@ -46,8 +46,7 @@ def load_model(checkpoint: str | os.PathLike, hand_model: Optional[str | os.Path
     if not isinstance(arch, dict) or arch.get("model") != "HaMuCo" or "model" not in ckpt:
         raise HamucoError(f"{path}: not a HaMuCo training checkpoint (architecture {arch!r})")
     if hand_model is None:
-        recorded = (ckpt.get("provenance") or {}).get("params", {}).get("hand_model")
-        hand_model = recorded if recorded not in (None, "None", "") else None
+        hand_model = _recorded_hand_model((ckpt.get("provenance") or {}).get("params", {}))
     hm = HandModel(hand_model)
     if arch.get("hand_model") and hm.sha256 != arch["hand_model"]:
         raise HamucoError(f"{path}: the checkpoint was trained with hand model sha256 {arch['hand_model'][:12]}…, "
@@ -84,10 +83,15 @@ def initial_network_of(info: dict, hand_model: Optional[str | os.PathLike] = Non
     if "seed" not in params:
         raise HamucoError("the checkpoint records no training seed; its untrained network cannot be rebuilt")
     if hand_model is None:
-        recorded = params.get("hand_model")
-        hand_model = recorded if recorded not in (None, "None", "") else None
+        hand_model = _recorded_hand_model(params)
     return initial_network(arch["backbone"], int(arch["image_size"]), int(params["seed"]),
                            params.get("backbone_weights", "none"), hand_model)
+
+
+def _recorded_hand_model(params: dict) -> Optional[str]:
+    """The hand-model path a run's parameters record (None: the procedural hand)."""
+    recorded = params.get("hand_model")
+    return recorded if recorded not in (None, "None", "") else None
 
 
 def _state_dict_difference(model_sd: dict, ckpt_sd: dict) -> tuple[list[str], list[str]]:

@@ -5,10 +5,10 @@ objective ``objective(model, batch, step) -> dict[str, Tensor]`` whose ``"total"
 minimised (the other entries are logged).
 
 Checkpoints (``checkpoint-last.pt`` every ``checkpoint_every`` steps, plus
-``checkpoint-final.pt``; not at epoch ends: the data-order state resumes mid-epoch exactly, and a
-small dataset would otherwise write the whole model every few steps) hold the model, optimizer, scheduler, torch RNG state and the
-data-order state (epoch, position in the epoch's permutation), and the architecture and
-provenance they were made with. They are written to a temporary file and renamed, and read
+``checkpoint-final.pt``; not at epoch ends: the data-order state resumes mid-epoch exactly, and
+a small dataset would otherwise write the whole model every few steps) hold the model,
+optimizer, scheduler, torch RNG state and the data-order state (epoch, position in the
+epoch's permutation), and the architecture and provenance they were made with. They are written to a temporary file and renamed, and read
 with ``torch.load(..., weights_only=True)``. Resuming continues exactly: on CPU, k steps, a
 kill and k resumed steps give the same weights as 2k steps.
 
