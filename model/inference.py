@@ -27,6 +27,7 @@ from .evaluation import fuse_reference, fuse_world, unflip
 from .hamuco import HaMuCo
 from .hand_model import HandModel
 from .rotations import matrix_to_axis_angle
+from .precision import PrecisionChoice, run_in
 from .single_view import BBOX_3D_SIZE
 from .trainer import load_checkpoint
 
@@ -64,7 +65,7 @@ def load_model(checkpoint: str | os.PathLike, hand_model: Optional[str | os.Path
         raise HamucoError(f"{path}: checkpoint does not match the model: {' '.join(s.strip() for s in first)}") from None
     model.eval()
     return model, {"architecture": arch, "provenance": ckpt.get("provenance", {}),
-                   "step": (ckpt.get("state") or {}).get("step")}
+                   "step": (ckpt.get("state") or {}).get("step"), "precision": ckpt.get("precision")}
 
 
 def initial_network(backbone: str, image_size: int, seed: int, backbone_weights: str = "none",
@@ -129,11 +130,13 @@ class HandPrediction:
 @torch.no_grad()
 def infer(model: HaMuCo, crops: np.ndarray | torch.Tensor, view_mask: Optional[np.ndarray] = None,
           flipped: Optional[np.ndarray] = None, extrinsics: Optional[np.ndarray] = None,
-          reference_view: Optional[int] = None, vertices: bool = False) -> HandPrediction:
+          reference_view: Optional[int] = None, vertices: bool = False,
+          precision: Optional[PrecisionChoice] = None) -> HandPrediction:
     """Run one group of crops (V, S, S, 3) uint8 (or a normalised (V, 3, S, S) tensor).
 
     ``extrinsics`` (V, 3, 4) world → camera of every view, or None: then the result is in the
-    camera frame of ``reference_view`` (default: the first valid view).
+    camera frame of ``reference_view`` (default: the first valid view). ``precision``: the forward
+    in bf16 autocast when that choice is bf16 (None: fp32).
     """
     x = crops if torch.is_tensor(crops) else normalize_crops(crops)
     V = x.shape[0]
@@ -143,7 +146,7 @@ def infer(model: HaMuCo, crops: np.ndarray | torch.Tensor, view_mask: Optional[n
     if not bool(mask.any()):
         raise HamucoError("no valid view to run the network on")
     flip = torch.zeros(V, dtype=torch.bool) if flipped is None else torch.as_tensor(np.asarray(flipped, bool))
-    out = model(x[None].float(), mask[None])
+    out = run_in(precision, model, x[None].float(), mask[None])
     inter = unflip(out.fused.joints_metres().float(), flip)  # (V, 21, 3)
     single = unflip(out.single.joints_metres().float(), flip)
     verts = unflip(out.fused.vertices.float() * (BBOX_3D_SIZE / 2), flip) if vertices else None

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from model.errors import HamucoError
 from model.evaluation import EvaluationRecords, evaluate_records, per_sample_errors, predictions, ranking_error
+from model.precision import PrecisionChoice, run_in
 
 from .capture import atomic_write_bytes
 from .dataset import ShardDataset
@@ -65,8 +66,9 @@ def _collate(items: list[dict]) -> dict:
 
 def evaluate_split(model: torch.nn.Module, dataset: str | os.PathLike | list, split: str = "test",
                    confidence: str = "raw", batch_size: int = 4, progress: bool = True,
-                   max_samples: Optional[int] = None) -> Evaluation:
-    """Run ``model`` over a split of a dataset index (or a list of shard paths) and score it."""
+                   max_samples: Optional[int] = None, precision: Optional[PrecisionChoice] = None) -> Evaluation:
+    """Run ``model`` over a split of a dataset index (or a list of shard paths) and score it;
+    ``precision``: the network's forward in bf16 autocast when that choice is bf16 (None: fp32)."""
     ds = ShardDataset(dataset, split=split, confidence=confidence, augmentation=None, ground_truth=True)
     if len(ds) == 0:
         raise HamucoError(f"{dataset}: the {split!r} split has no sample with a valid view "
@@ -83,7 +85,7 @@ def evaluate_split(model: torch.nn.Module, dataset: str | os.PathLike | list, sp
     parts = []
     with torch.no_grad():
         for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-            out = model(batch["images"], batch["view_mask"])
+            out = run_in(precision, model, batch["images"], batch["view_mask"])
             preds = predictions(out, batch, crop)
             kp, conf = batch["keypoints"].numpy(), batch["confidence"].numpy()
             K, ext = batch["crop_K"].numpy().astype(np.float64), batch["extrinsics"].numpy().astype(np.float64)

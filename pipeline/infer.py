@@ -73,7 +73,7 @@ def infer_capture(model, capture_ref: str | os.PathLike, frames: Optional[Sequen
                   use_extrinsics: bool = True, reference_view: Optional[str] = None,
                   detector: DetectorParams = DetectorParams(), vertices: bool = False,
                   overlay_dir: Optional[str | os.PathLike] = None, progress: bool = True,
-                  allow_external_paths: bool = False) -> InferenceResult:
+                  allow_external_paths: bool = False, precision=None) -> InferenceResult:
     """3D hands of the frames of a capture (directory or ``hanco:<root>#<seq>``)."""
     capture = open_capture(str(capture_ref), allow_external_paths)
     names = [c.name for c in capture.cameras]
@@ -105,7 +105,7 @@ def infer_capture(model, capture_ref: str | os.PathLike, frames: Optional[Sequen
                 result.skipped.append({"source": str(capture.root), "frame": fid, "camera": names[ref_index],
                                        "reason": "reference view has no hand; the first valid view is used"})
             flipped = np.array([v.flipped for v in views])
-            pred = infer(model, crops[..., ::-1], valid, flipped, ext, ref, vertices=vertices)
+            pred = infer(model, crops[..., ::-1], valid, flipped, ext, ref, vertices=vertices, precision=precision)
             uv = np.stack([_to_image(pred.joints_2d[ci], affines[ci]) if valid[ci] else np.full((21, 2), np.nan)
                            for ci in range(len(views))])
             boxes = np.stack([v.box if valid[ci] else np.full(4, np.nan) for ci, v in enumerate(views)])
@@ -151,7 +151,7 @@ def _frames_of(path: Path) -> Iterable[tuple[str, np.ndarray]]:
 
 def infer_images(model, sources: Sequence[str | os.PathLike], detector: DetectorParams = DetectorParams(),
                  vertices: bool = False, overlay_dir: Optional[str | os.PathLike] = None,
-                 progress: bool = True) -> InferenceResult:
+                 progress: bool = True, precision=None) -> InferenceResult:
     """Every hand in images or videos, each as a single view (camera frame of that image)."""
     paths = []
     for s in sources:
@@ -180,7 +180,8 @@ def infer_images(model, sources: Sequence[str | os.PathLike], detector: Detector
                     flip = hand.handedness == "left"
                     A = crop_affine(box, size, flip=flip)
                     crop = warp_crop(img, A, size)[..., ::-1]
-                    pred = infer(model, crop[None], None, np.array([flip]), None, None, vertices=vertices)
+                    pred = infer(model, crop[None], None, np.array([flip]), None, None, vertices=vertices,
+                                 precision=precision)
                     uv = _to_image(pred.joints_2d[0], A)[None]
                     result.records.append(InferenceRecord(str(path), frame, pred, ["image"], uv, box[None],
                                                           hand.handedness))

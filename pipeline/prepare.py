@@ -223,10 +223,11 @@ class RefineParams:
 
 def make_labeler(name: str, weights_path: Optional[str] = None, weights_url: Optional[str] = None,
                  weights_sha256: Optional[str] = None, model_dir: Optional[str] = None,
-                 file_name: Optional[str] = None, noise: Optional[dict] = None, precision: str = "fp32"):
+                 file_name: Optional[str] = None, noise: Optional[dict] = None, precision: str = "auto"):
     """The labeler by name: ``mediapipe``, ``openpose``, ``imported`` (HanCo's published labels)
     or ``noisy-gt`` (projected ground truth with the ``noise`` settings, for label-noise studies).
-    ``precision``: OpenPose's ``fp32`` (exact, default) or ``fast`` path (bf16 on a CPU, fp16 on a GPU)."""
+    ``precision``: OpenPose's ``auto`` (default) / ``fast`` path, the fastest of this machine (bf16 on a CPU
+    with native bf16, NNPACK fp32 on other CPUs), or ``fp32``, the published algorithm."""
     if name == "noisy-gt":
         from .labelers.noisy_gt import NoisyGroundTruthLabeler
 

@@ -156,7 +156,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from tasks.evaluate import EvaluateModel, read_metrics
 
     task = EvaluateModel(checkpoint=args.checkpoint, dataset=args.dataset, out=args.out, split=args.split,
-                         hand_model=args.hand_model)
+                         hand_model=args.hand_model, precision=args.precision)
     from pipeline.dataset import check_dataset
     from tasks.base import check_output_dir
 
@@ -193,20 +193,25 @@ def _infer(args: argparse.Namespace) -> int:
         raise HamucoError(f"{out}: --out names a directory; give a .json or .h5 file path")
     if args.capture and args.images:
         raise HamucoError("give either --capture or images, not both")
+    from model.precision import resolve_precision
+
     torch.set_num_threads(os.cpu_count() or 1)
+    precision = resolve_precision(args.precision, "cpu")
+    print(precision.line(), file=sys.stderr, flush=True)
     model, info = load_model(args.checkpoint, args.hand_model)
     overlays = out.parent / (out.stem + "_overlays") if args.overlays else None
     if args.capture:
         result = infer_capture(model, args.capture, allow_external_paths=args.allow_external_paths, use_extrinsics=not args.no_extrinsics,
                                reference_view=args.reference_view, vertices=args.vertices, overlay_dir=overlays,
-                               progress=not args.quiet)
+                               progress=not args.quiet, precision=precision)
     elif args.images:
         result = infer_images(model, args.images, vertices=args.vertices, overlay_dir=overlays,
-                              progress=not args.quiet)
+                              progress=not args.quiet, precision=precision)
     else:
         raise HamucoError("nothing to run on: give --capture DIR or image/video paths")
     prov = {"checkpoint": os.path.abspath(args.checkpoint), "training_step": info["step"],
-            "backbone": info["architecture"]["backbone"], "code_version": code_version()}
+            "backbone": info["architecture"]["backbone"], "code_version": code_version(),
+            "precision": precision.record()}
     write_predictions(result, out, prov)
     frames = {r.prediction.coordinate_frame for r in result.records}
     print(f"wrote {out}: {len(result.records)} hand(s), frame of reference {', '.join(sorted(frames))}; "
@@ -260,7 +265,7 @@ def _demo(args: argparse.Namespace) -> int:
     from tasks.base import check_output_dir
 
     check_output_dir(args.out)
-    task = Demo(out=args.out)
+    task = Demo(out=args.out, precision=args.precision)
     if not _run_luigi(args, [task], args.workers, args.scheduler_host, args.scheduler_port):
         return EXIT_INVALID
     capture_dir = Path(args.out) / "capture"
@@ -272,12 +277,15 @@ def _demo(args: argparse.Namespace) -> int:
     _print_dataset(result["dataset_index"])
     run = Path(result["checkpoint"]).parent
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    print(f"training: {len(rows)} steps, checkpoint {result['checkpoint']}, loss curve {run / 'loss_curve.png'}")
-    for key in ("total", "joint_2d/single", "joint_2d/interaction", "consistency"):
-        print(f"  {key:<22} first {rows[0][key]:.4f}  last {rows[-1][key]:.4f}")
     from pipeline.evaluate import summary_table
 
     metrics = json.loads(Path(result["metrics"]).read_text())
+    print(f"training: {len(rows)} steps, checkpoint {result['checkpoint']}, loss curve {run / 'loss_curve.png'}")
+    precision = metrics["provenance"].get("trained_in_precision") or {}
+    if precision:
+        print(f"  precision: {precision['precision']} ({precision['requested']}: {precision['reason']})")
+    for key in ("total", "joint_2d/single", "joint_2d/interaction", "consistency"):
+        print(f"  {key:<22} first {rows[0][key]:.4f}  last {rows[-1][key]:.4f}")
     print(f"evaluation ({metrics['provenance']['split']} split: frames of this capture that training never saw; "
           "the untrained rows are the same network at the initialisation training started from):")
     print("  " + summary_table(metrics).replace("\n", "\n  "))
@@ -393,9 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let capture.json name image files outside the capture directory")
     p.add_argument("--weights", default=None, metavar="PTH",
                    help="OpenPose hand_pose_model.pth on disk (else weights_url / the cache, see luigi.cfg)")
-    p.add_argument("--openpose-precision", choices=("fp32", "fast"), default=None,
-                   help="OpenPose: exact fp32 (default) or the fast path (bf16 on a CPU, fp16 on a GPU; its own "
-                   "label version, bench/labels.py measures the agreement)")
+    p.add_argument("--openpose-precision", choices=("auto", "fp32", "fast"), default=None,
+                   help="OpenPose: auto (default) and fast = this machine's fastest path (bf16 on a CPU with native "
+                   "bf16, NNPACK fp32 on other CPUs, fp16 on a GPU; its own label version, bench/labels.py "
+                   "measures the agreement), fp32 = the published algorithm")
     p.add_argument("--workers", type=_int_at_least(1), default=1, help="Luigi worker processes on this machine")
     _scheduler_options(p)
     p.set_defaults(func=_prepare)
@@ -413,7 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4)")
     p.add_argument("--seed", type=int, default=None, help="random seed: initialisation, data order, augmentation "
                    "(default 0; one seed gives identical checkpoints)")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="CPU autocast precision (default bf16)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
+                   help="auto (default): bf16 autocast where the CPU computes bf16 natively (AVX512_BF16/AMX), fp32 "
+                   "elsewhere; the run prints its choice and records it in the checkpoint")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 100)")
     p.add_argument("--hand-model", default=None, help="converted MANO .npz (default: procedural hand)")
     p.add_argument("--extrinsics", action="store_true", help="known camera rotations in the consistency loss "
@@ -448,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="root directory of evaluations")
     p.add_argument("--split", choices=("test", "val", "train"), default="test")
     p.add_argument("--hand-model", default=None, help="converted MANO .npz the run was trained with")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="the network's forward: auto (default) = bf16 autocast where the CPU computes bf16 "
+                   "natively (AVX512_BF16/AMX), fp32 elsewhere")
     _scheduler_options(p)
     p.set_defaults(func=_evaluate)
 
@@ -469,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-external-paths", action="store_true",
                    help="let capture.json name image files outside the capture directory")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="the network's forward: auto (default) = bf16 autocast where the CPU computes bf16 "
+                   "natively (AVX512_BF16/AMX), fp32 elsewhere")
     p.set_defaults(func=_infer)
 
     p = sub.add_parser("reproduce-hanco", parents=[common], help="the paper's HanCo experiment: prepare, train, evaluate",
@@ -497,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "HaMuCo briefly on it. Work already done is not repeated.")
     p.add_argument("--out", default="demo_output", help="output directory (default demo_output)")
     p.add_argument("--workers", type=_int_at_least(1), default=1, help="Luigi worker processes")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="training and evaluation: auto (default) = bf16 autocast where the CPU computes bf16 "
+                   "natively (AVX512_BF16/AMX), fp32 elsewhere")
     _scheduler_options(p)
     p.set_defaults(func=_demo)
     return parser

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import luigi
@@ -41,6 +42,9 @@ class EvaluateModel(HamucoTask):
     batch_size = luigi.IntParameter(default=4)
     compare_untrained = luigi.BoolParameter(default=True, description="also score the run's untrained network "
                                             "(its initialisation, rebuilt from the recorded seed) on the same split")
+    precision = luigi.ChoiceParameter(choices=["auto", "bf16", "fp32"], default="auto",
+                                      description="the network's forward: auto = bf16 autocast where the CPU "
+                                      "computes bf16 natively, else fp32 (recorded in metrics.json)")
     checks = {"batch_size": at_least(1)}
     hand_model = luigi.OptionalParameter(default=None, description="converted MANO .npz the run was trained with")
 
@@ -52,7 +56,15 @@ class EvaluateModel(HamucoTask):
         digests = [sha256_file(p) if Path(p).is_file() else "" for p in (self.checkpoint, self.dataset)]
         params = {"split": self.split, "confidence": self.confidence, "hand_model": self.hand_model,
                   **({"untrained": True} if self.compare_untrained else {})}
+        if self.precision_choice.bf16:  # fp32 keeps the name evaluations had before the option
+            params["precision"] = "bf16"
         return Path(self.out) / f"eval-{self.split}-{version_hash(params, *digests)}"
+
+    @property
+    def precision_choice(self):
+        from model.precision import resolve_precision
+
+        return resolve_precision(self.precision, "cpu", warn=False)
 
     def output(self):
         d = self.eval_dir
@@ -68,14 +80,19 @@ class EvaluateModel(HamucoTask):
         from pipeline.evaluate import evaluate_split, write_results
         from pipeline.report import render_report, write_report
 
+        from model.precision import resolve_precision
+
         index = load_index(self.dataset)
+        precision = resolve_precision(self.precision, "cpu")
+        print(f"evaluation {precision.line()}", file=sys.stderr, flush=True)
         model, info = load_model(self.checkpoint, self.hand_model)
         ev = evaluate_split(model, self.dataset, split=self.split, confidence=self.confidence,
-                            batch_size=self.batch_size)
+                            batch_size=self.batch_size, precision=precision)
         if self.compare_untrained:
             seed = info["provenance"].get("params", {}).get("seed")
             untrained = evaluate_split(initial_network_of(info, self.hand_model), self.dataset, split=self.split,
-                                       confidence=self.confidence, batch_size=self.batch_size)
+                                       confidence=self.confidence, batch_size=self.batch_size,
+                                       precision=precision)
             ev.metrics["untrained"] = {"init_seed": int(seed), "modes": untrained.metrics["modes"],
                                        "what": "the same architecture at the initialisation this run started from"}
         prov = {"checkpoint": os.path.abspath(self.checkpoint), "checkpoint_sha256": sha256_file(self.checkpoint),
@@ -83,6 +100,7 @@ class EvaluateModel(HamucoTask):
                 "dataset": os.path.abspath(self.dataset), "split": self.split, "labeler": index.get("labeler"),
                 "code_version": code_version(),
                 "trained_by_code_version": info["provenance"].get("code_version"),
+                "precision": precision.record(), "trained_in_precision": info.get("precision"),
                 "training_params": info["provenance"].get("params", {})}
         write_results(ev, self.eval_dir, prov)
         metrics_jsonl = Path(self.checkpoint).parent / "metrics.jsonl"

@@ -36,7 +36,7 @@ class ReproduceHanCo(HamucoTask):
     batch_size = luigi.IntParameter(default=8)
     lr = luigi.FloatParameter(default=3e-4)
     use_extrinsics = luigi.BoolParameter(default=False)
-    precision = luigi.ChoiceParameter(choices=["bf16", "fp32"], default="fp32")
+    precision = luigi.ChoiceParameter(choices=["auto", "bf16", "fp32"], default="auto")
     num_workers = luigi.IntParameter(default=4)
     checks = {"crop_size": in_range(32, 2048), "steps": at_least(1), "batch_size": at_least(1),
               "lr": positive_finite(), "num_workers": in_range(0, 64)}

@@ -121,9 +121,11 @@ class _LabelParams(HamucoTask):
     noise_outlier_rate = luigi.FloatParameter(default=0.0, description="noisy-gt labeler: fraction of outliers")
     noise_confidence = luigi.ChoiceParameter(choices=["informative", "uninformative"], default="informative",
                                              description="noisy-gt labeler: does confidence reflect the error")
-    openpose_precision = luigi.ChoiceParameter(choices=["fp32", "fast"], default="fp32",
-                                               description="OpenPose: exact fp32 (default) or the fast path (bf16 "
-                                               "on a CPU, fp16 on a GPU); part of the label version")
+    openpose_precision = luigi.ChoiceParameter(choices=["auto", "fp32", "fast"], default="auto",
+                                               description="OpenPose: auto/fast = the fastest path of this machine "
+                                               "(bf16 on a CPU with native bf16, NNPACK fp32 on other CPUs, fp16 on "
+                                               "a GPU), fp32 = the published algorithm; what runs is part of the "
+                                               "label version")
     checks = {"crop_size": in_range(32, 2048), "refine_threshold_px": positive_finite(),
               "noise_sigma_px": in_range(0, 1e4), "noise_outlier_rate": in_range(0, 1)}
 
@@ -163,9 +165,14 @@ class _LabelParams(HamucoTask):
     @property
     def label_version(self) -> str:
         noise = self.noise if self.labeler == "noisy-gt" else None
-        # the fast OpenPose path gives other labels: its own version (fp32 keeps the earlier one)
-        fast = ["openpose-precision", self.openpose_precision] \
-            if self.labeler == "openpose" and self.openpose_precision != "fp32" else []
+        # a fast OpenPose path gives other labels: its own version (fp32 keeps the earlier one; bf16 keeps
+        # the version the fast path had when it was the only one)
+        fast = []
+        if self.labeler == "openpose":
+            from pipeline.labelers.openpose import LABEL_VERSION_TAG, resolve_implementation
+
+            tag = LABEL_VERSION_TAG[resolve_implementation(self.openpose_precision, "cpu")[0]]
+            fast = ["openpose-precision", tag] if tag else []
         return version_hash("label", self.labeler, self.weights_identity(), self.crop_size,
                             self.refine_params.__dict__, *([noise] if noise else []), *fast)
 
@@ -340,6 +347,9 @@ class Demo(HamucoTask):
     batch_size = luigi.IntParameter(default=2)
     lr = luigi.FloatParameter(default=1e-3)
     backbone = luigi.ChoiceParameter(choices=["resnet18", "resnet34", "resnet50"], default="resnet18")
+    precision = luigi.ChoiceParameter(choices=["auto", "bf16", "fp32"], default="auto",
+                                      description="training and evaluation (auto: bf16 where the CPU computes it "
+                                      "natively, else fp32)")
     checks = {"frames_per_shard": at_least(1), "train_steps": at_least(1), "batch_size": at_least(1),
               "crop_size": in_range(32, 2048), "lr": positive_finite()}
 
@@ -357,11 +367,13 @@ class Demo(HamucoTask):
                                        crop_size=self.crop_size)
         checkpoint = yield TrainModel(dataset=dataset.path, out=os.path.join(self.out, "training"),
                                       backbone=self.backbone, steps=self.train_steps, batch_size=self.batch_size,
-                                      lr=self.lr, checkpoint_every=self.train_steps, use_extrinsics=True)
+                                      lr=self.lr, checkpoint_every=self.train_steps, use_extrinsics=True,
+                                      precision=self.precision)
         from .evaluate import EvaluateModel
 
         evaluation = yield EvaluateModel(checkpoint=checkpoint.path, dataset=dataset.path,
-                                         out=os.path.join(self.out, "evaluation"), split="test")
+                                         out=os.path.join(self.out, "evaluation"), split="test",
+                                         precision=self.precision)
         write_json(Path(self.output().path), {"dataset_index": dataset.path, "checkpoint": checkpoint.path,
                                               "metrics": evaluation["metrics"].path,
                                               "report": evaluation["report"].path})

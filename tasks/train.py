@@ -48,8 +48,10 @@ class TrainModel(HamucoTask):
     num_workers = luigi.IntParameter(default=0)
     confidence = luigi.ChoiceParameter(choices=["refined", "raw"], default="refined")
     use_extrinsics = luigi.BoolParameter(default=False)
-    precision = luigi.ChoiceParameter(choices=["bf16", "fp32"], default="bf16",
-                                      description="bf16 CPU autocast (bench/train.py: same loss, 1.7x faster)")
+    precision = luigi.ChoiceParameter(choices=["auto", "bf16", "fp32"], default="auto",
+                                      description="auto: bf16 CPU autocast where the CPU computes bf16 natively "
+                                      "(AVX512_BF16/AMX: same loss, ~2x faster), fp32 elsewhere (emulated bf16 is "
+                                      "10-18x slower); the choice is printed and recorded in the checkpoint")
     weak_camera = luigi.OptionalParameter(default=None, description="weakly supervised (seed C.4): the camera "
                                           "whose 2D ground truth replaces its labels (confidence 1)")
     consistency_weight = luigi.FloatParameter(default=1.0, description="weight of the multi-view consistency loss")

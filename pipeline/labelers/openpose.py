@@ -91,7 +91,15 @@ BOX_SIZE = 368
 SCALES = (0.5, 1.0, 1.5, 2.0)
 THRESHOLD = 0.05
 SIGMA = 3.0
-PRECISIONS = ("fp32", "fast")  # fast: bf16 autocast on a CPU, fp16 on a GPU (recorded in the label version)
+PRECISIONS = ("auto", "fp32", "fast")  # what a user asks for; resolve_implementation() says what runs
+# What runs (recorded in the shard's labeler params; each but fp32 has its own label version):
+#   fp32    the published algorithm, oneDNN direct convolutions
+#   bf16    bf16 autocast + channels_last, on a CPU with native bf16 (AVX512_BF16/AMX): ~5x fp32
+#   fp16    fp16 autocast on a CUDA device
+#   nnpack  fp32 through NNPACK's Winograd (3x3) and FFT (7x7) convolutions, on a CPU without native
+#           bf16 (AVX2): ~1.9x fp32 on a 2-core AVX2 EPYC, peaks the same to ~1e-6 relative
+IMPLEMENTATIONS = ("fp32", "bf16", "fp16", "nnpack")
+LABEL_VERSION_TAG = {"fp32": None, "bf16": "fast", "fp16": "fast-fp16", "nnpack": "fast-nnpack"}
 CPU_MAX_PIXELS_PER_CALL = 2 * 368 * 368  # network input pixels per call on a CPU (see OpenPoseLabeler)
 
 # 8-connectivity, as skimage.measure.label(connectivity=2) in the published code.
@@ -120,6 +128,62 @@ _STAGE1 = (
 _STAGE1_HEAD = (("conv6_1_CPM", 128, 512, 1), ("conv6_2_CPM", 512, NUM_MAPS, 1))
 _FEATURES = 128
 _REFINE_STAGES = (2, 3, 4, 5, 6)
+
+
+def nnpack_available() -> bool:
+    """Whether torch's NNPACK convolutions run here (the call also initialises NNPACK)."""
+    try:
+        return bool(torch.backends.nnpack.is_available())
+    except Exception:
+        return False
+
+
+def resolve_implementation(precision: str = "auto", device: str | torch.device = "cpu") -> tuple[str, str]:
+    """What ``precision`` runs on ``device``, and why: ``fp32`` is the published fp32 algorithm;
+    ``fast`` (and ``auto``, the default) the fastest path of this device: bf16 where the CPU computes
+    bf16 natively, fp16 on CUDA, NNPACK fp32 on a CPU without native bf16 (emulated bf16 would be
+    many times slower than fp32 there), else fp32."""
+    from model.precision import cpu_capability, cpu_has_native_bf16, cpu_model
+
+    if precision not in PRECISIONS:
+        raise HamucoError(f"OpenPose precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    device = torch.device(device)
+    if precision == "fp32":
+        return "fp32", "as asked (the published fp32 algorithm)"
+    if device.type == "cuda":
+        return "fp16", "fp16 autocast on the GPU"
+    where = f"this CPU ({cpu_model()}, {cpu_capability()})"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16", f"{where} computes bf16 natively"
+    if device.type == "cpu" and nnpack_available():
+        return "nnpack", f"{where} has no native bf16: fp32 through NNPACK's Winograd/FFT convolutions"
+    return "fp32", f"{where} has no native bf16 and no NNPACK: the plain fp32 path"
+
+
+class _NNPackConv2d(nn.Module):
+    """A Conv2d (stride 1, no dilation or groups, kernel > 1) run by NNPACK's fp32 convolution (Winograd for
+    3×3, FFT for larger kernels; inference only), with the same parameters."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.weight, self.bias, self.padding = conv.weight, conv.bias, [int(p) for p in conv.padding]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._nnpack_spatial_convolution(x.contiguous(), self.weight, self.bias, self.padding)
+
+
+def nnpack_network(net: "OpenPoseHandNet") -> "OpenPoseHandNet":
+    """A copy of ``net`` (sharing its parameters) whose spatial convolutions run through NNPACK; 1×1
+    convolutions stay with oneDNN (a plain matrix product: no faster algorithm to gain)."""
+    import copy
+
+    fast = copy.copy(net)  # the modules dict is copied below; parameters are shared
+    fast._modules = dict(net._modules)
+    for name, m in net.named_children():
+        if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1) and m.stride == (1, 1) \
+                and m.dilation == (1, 1) and m.groups == 1:
+            fast._modules[name] = _NNPackConv2d(m)
+    return fast
 
 
 def _refine_layers(stage: int) -> tuple[tuple[str, int, int, int], ...]:
@@ -530,15 +594,19 @@ class OpenPoseLabeler:
                  scales: Sequence[float] = SCALES, box_size: int = BOX_SIZE, threshold: float = THRESHOLD,
                  sigma: float = SIGMA, device: str | torch.device = "cpu", channels_last: bool = True,
                  batch_size: int = 4, max_pixels_per_call: Optional[int] | str = "auto",
-                 progress: bool = True, precision: str = "fp32") -> None:
+                 progress: bool = True, precision: str = "auto") -> None:
         self.net = build_openpose_hand(weights_path, url=weights_url, file_name=file_name, sha256=sha256,
                                        model_dir=model_dir, progress=progress)
         self.weights_sha256: str = self.net.weights_sha256
         self.device = torch.device(device)
-        self.channels_last = channels_last
+        self.precision = precision
+        self.implementation, self.implementation_reason = resolve_implementation(precision, self.device)
+        # NNPACK takes contiguous NCHW tensors
+        self.channels_last = channels_last and self.implementation != "nnpack"
         self.net.to(self.device)
-        if channels_last:
+        if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        self._forward = nnpack_network(self.net) if self.implementation == "nnpack" else self.net
         self.scales = tuple(float(s) for s in scales)
         self.box_size = int(box_size)
         self.threshold = float(threshold)
@@ -548,11 +616,9 @@ class OpenPoseLabeler:
             max_pixels_per_call = CPU_MAX_PIXELS_PER_CALL if self.device.type == "cpu" else None
         self.max_pixels_per_call = max_pixels_per_call
         self.progress = progress
-        if precision not in PRECISIONS:
-            raise HamucoError(f"OpenPose precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-        self.precision = precision
         self.params = {
-            "precision": precision,
+            "precision": precision, "implementation": self.implementation,
+            "implementation_reason": self.implementation_reason,
             "scales": list(self.scales), "box_size": self.box_size, "threshold": self.threshold,
             "sigma": self.sigma, "stride": STRIDE, "pad_value": PAD_VALUE,
             "components": "8-connected; keep the one with the largest sum of the averaged heatmap",
@@ -574,14 +640,14 @@ class OpenPoseLabeler:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), self._autocast():
-                outs.append(self.net(x).float().cpu())
+                outs.append(self._forward(x).float().cpu())
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _autocast(self):
-        """The fast path: bf16 autocast on a CPU, fp16 on a GPU; the exact fp32 path otherwise."""
-        if self.precision == "fp32":
+        """bf16 autocast (CPU with native bf16) or fp16 (GPU); fp32 and NNPACK compute in fp32."""
+        if self.implementation not in ("bf16", "fp16"):
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        dtype = torch.bfloat16 if self.implementation == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
     def heatmaps(self, crops: np.ndarray) -> np.ndarray:
