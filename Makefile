@@ -27,7 +27,7 @@ chromium:
 	    --no-install-recommends chromium chromium-driver >/dev/null; }
 
 test: venv chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: venv
 	$(BIN)/python bench/synth.py

@@ -222,8 +222,8 @@ def main() -> int:
         configs = [(route, workers, sched) for route in ("cli", "luigi") for workers in (1, 2)
                    for sched in ("local", "luigid")]
         points = PREPARE_POINTS[:2] if args.quick else PREPARE_POINTS
-        if args.quick:
-            configs = [c for c in configs if c[0] == "cli" or c[2] == "local"]
+        if args.quick:  # each route, worker count and scheduler at least once (8 kills, for the tests)
+            configs = [("cli", 1, "local"), ("cli", 2, "luigid"), ("luigi", 1, "local"), ("luigi", 2, "local")]
         n = 0
         for route, workers, sched in configs:
             kills = [("point", p) for p in points] + ([] if args.quick else

@@ -134,9 +134,11 @@ def main() -> None:
     # pipeline labelled (detected views and the views cross-view selection filled in), at the raw rates
     labelled = one["items"].get("label", raw["crops"])
     models_s = raw["detect_s"] + labelled / raw["labeler_crops_per_s"]
+    from model.precision import hardware
+
     result = {
         "benchmark": "prepare", "frames": args.frames, "views": raw["views"], "labeler": args.labeler,
-        "crop_size": args.crop_size, "cpus": os.cpu_count(),
+        "crop_size": args.crop_size, "cpus": os.cpu_count(), "hardware": hardware("cpu"),
         "models_alone": {"detector_views_per_s": round(raw["detector_views_per_s"], 1),
                          "labeler_crops_per_s": round(raw["labeler_crops_per_s"], 1),
                          "crops_labelled_by_pipeline": labelled,

@@ -59,6 +59,14 @@ def test_evaluation_outputs(evaluation):
     assert len(m["per_view"]["single"]) == 4
     assert m["provenance"]["checkpoint_sha256"] and m["provenance"]["code_version"]
     assert m["provenance"]["training_step"] == 6
+    from model.precision import resolve_precision
+
+    # what the evaluation and the training computed in, and on what, are recorded
+    here = resolve_precision("auto", warn=False)
+    for key in ("precision", "trained_in_precision"):
+        rec = m["provenance"][key]
+        assert rec["precision"] == here.precision and rec["requested"] == "auto"
+        assert rec["cpu_capability"] == here.cpu_capability and rec["cpu_model"] == here.cpu_model
     rows = list(csv.DictReader(open(out["csv"].path)))
     assert {r["name"] for r in rows} >= {"single", "interaction", "fusion", "triangulation", "pseudo_labels"}
     samples = list(csv.DictReader(open(Path(out["csv"].path).parent / "per_sample.csv")))

@@ -127,3 +127,24 @@ def test_hamuco_train_says_and_records_what_the_cpu_gets(tiny_dataset, tmp_path)
         assert f"precision: {expected} (auto: " in r.stderr + r.stdout
         final = next(out.glob("train-*/checkpoint-final.pt"))
         assert load_checkpoint(final)["precision"]["precision"] == expected
+
+
+def test_inference_in_bf16_gives_float32_predictions_close_to_fp32(native):
+    """The network's forward under a bf16 choice (emulated here where the CPU lacks it): float32 outputs
+    for everything downstream, close to the fp32 forward; fp32 is the plain forward, bit for bit."""
+    import numpy as np
+
+    from model.hamuco import HaMuCo
+    from model.inference import infer
+
+    native(True)
+    torch.manual_seed(0)
+    net = HaMuCo("resnet18", image_size=64).eval()
+    crops = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    plain = infer(net, crops)
+    same = infer(net, crops, precision=mp.resolve_precision("fp32"))
+    half = infer(net, crops, precision=mp.resolve_precision("auto"))
+    assert np.array_equal(plain.joints, same.joints)
+    assert half.joints.dtype == plain.joints.dtype == np.float32
+    assert not np.array_equal(half.joints, plain.joints)
+    assert np.abs(half.joints - plain.joints).max() < 0.01  # metres: bf16 rounding, not another answer

@@ -584,6 +584,8 @@ class OpenPoseLabeler:
     ``max_pixels_per_call``: network input pixels per call within a batch and scale; "auto" =
     2·368² on a CPU (larger inputs one crop at a time: no gain from batching them, more cache
     misses), unbounded on a GPU; ``None`` = unbounded. ``progress``: tqdm bar over batches.
+    ``precision``: ``auto`` (default) and ``fast`` run this device's fastest path, ``fp32`` the published
+    algorithm (:func:`resolve_implementation`); ``implementation`` forces one path (benchmarks).
     """
 
     name = "openpose"
@@ -594,13 +596,18 @@ class OpenPoseLabeler:
                  scales: Sequence[float] = SCALES, box_size: int = BOX_SIZE, threshold: float = THRESHOLD,
                  sigma: float = SIGMA, device: str | torch.device = "cpu", channels_last: bool = True,
                  batch_size: int = 4, max_pixels_per_call: Optional[int] | str = "auto",
-                 progress: bool = True, precision: str = "auto") -> None:
+                 progress: bool = True, precision: str = "auto", implementation: Optional[str] = None) -> None:
         self.net = build_openpose_hand(weights_path, url=weights_url, file_name=file_name, sha256=sha256,
                                        model_dir=model_dir, progress=progress)
         self.weights_sha256: str = self.net.weights_sha256
         self.device = torch.device(device)
         self.precision = precision
         self.implementation, self.implementation_reason = resolve_implementation(precision, self.device)
+        if implementation is not None:  # benchmarks: one path measured on any machine
+            if implementation not in IMPLEMENTATIONS:
+                raise HamucoError(f"OpenPose implementation must be one of {', '.join(IMPLEMENTATIONS)}, "
+                                  f"not {implementation!r}")
+            self.implementation, self.implementation_reason = implementation, "forced (benchmark)"
         # NNPACK takes contiguous NCHW tensors
         self.channels_last = channels_last and self.implementation != "nnpack"
         self.net.to(self.device)
