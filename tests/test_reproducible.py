@@ -9,7 +9,9 @@ from tests.helpers import run_cli, same_arrays, shard_arrays
 from tests.test_faults import _equal
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+# bf16: a killed and resumed bf16 run ends with the bits of an uninterrupted one in another process
+# (tests/test_faults.py, and bench/chaos.py --quick in tests/test_chaos.py)
+@pytest.mark.parametrize("precision", ["fp32"])
 def test_two_training_processes_with_one_seed_give_identical_checkpoints(precision, tiny_dataset, tmp_path):
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
