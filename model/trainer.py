@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .atomic import atomic_path, atomic_write_file, atomic_write_text, fault_point, link_or_copy
 from .errors import HamucoError
-from .precision import PRECISIONS, PrecisionChoice, resolve_precision
+from .precision import PrecisionChoice, resolve_precision
 from .safe_load import safe_torch_load
 
 CHECKPOINT_LAST = "checkpoint-last.pt"
@@ -142,9 +142,7 @@ class Trainer:
         self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = torch.distributed.get_rank() if self.distributed else 0
         self.world = torch.distributed.get_world_size() if self.distributed else 1
-        if config.precision not in PRECISIONS:
-            raise HamucoError(f"precision must be one of {', '.join(PRECISIONS)}, not {config.precision!r}")
-        # what runs (fp32 or bf16), why, and on what; a resumed run keeps its checkpoint's (resume())
+        # an unknown precision is refused there; what runs (fp32 or bf16), why, and on what; a resumed run keeps its checkpoint's (resume())
         self.precision: PrecisionChoice = resolve_precision(config.precision, "cpu", warn=self.rank == 0)
         torch.manual_seed(config.seed)
         if config.channels_last:

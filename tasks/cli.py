@@ -281,9 +281,11 @@ def _demo(args: argparse.Namespace) -> int:
 
     metrics = json.loads(Path(result["metrics"]).read_text())
     print(f"training: {len(rows)} steps, checkpoint {result['checkpoint']}, loss curve {run / 'loss_curve.png'}")
-    precision = metrics["provenance"].get("trained_in_precision") or {}
+    precision = metrics["provenance"].get("trained_in_precision")
     if precision:
-        print(f"  precision: {precision['precision']} ({precision['requested']}: {precision['reason']})")
+        from model.precision import PrecisionChoice
+
+        print("  " + PrecisionChoice(**precision).line())
     for key in ("total", "joint_2d/single", "joint_2d/interaction", "consistency"):
         print(f"  {key:<22} first {rows[0][key]:.4f}  last {rows[-1][key]:.4f}")
     print(f"evaluation ({metrics['provenance']['split']} split: frames of this capture that training never saw; "

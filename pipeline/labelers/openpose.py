@@ -143,7 +143,7 @@ def resolve_implementation(precision: str = "auto", device: str | torch.device =
     ``fast`` (and ``auto``, the default) the fastest path of this device: bf16 where the CPU computes
     bf16 natively, fp16 on CUDA, NNPACK fp32 on a CPU without native bf16 (emulated bf16 would be
     many times slower than fp32 there), else fp32."""
-    from model.precision import cpu_capability, cpu_has_native_bf16, cpu_model
+    from model.precision import cpu_has_native_bf16, describe_device
 
     if precision not in PRECISIONS:
         raise HamucoError(f"OpenPose precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -152,7 +152,7 @@ def resolve_implementation(precision: str = "auto", device: str | torch.device =
         return "fp32", "as asked (the published fp32 algorithm)"
     if device.type == "cuda":
         return "fp16", "fp16 autocast on the GPU"
-    where = f"this CPU ({cpu_model()}, {cpu_capability()})"
+    where = describe_device(device)
     if device.type == "cpu" and cpu_has_native_bf16():
         return "bf16", f"{where} computes bf16 natively"
     if device.type == "cpu" and nnpack_available():
