@@ -26,8 +26,10 @@ chromium:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 	    --no-install-recommends chromium chromium-driver >/dev/null; }
 
+# One pytest worker per core, a test file to a worker, the longest files first (tests/conftest.py);
+# each worker's OpenMP threads are its share of the cores. TEST_ARGS='-n 0' runs them in one process.
 test: venv chromium
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n auto --dist loadfile --no-loadscope-reorder $(TEST_ARGS)
 
 bench: venv
 	$(BIN)/python bench/synth.py

@@ -11,7 +11,7 @@ def test_chaos_quick_finds_nothing_broken(tmp_path):
                             env=clean_env(), capture_output=True, text=True, timeout=900)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert summary["kills"] >= 12 and summary["kills_prepare"] >= 8 and summary["kills_train"] >= 4
+    assert summary["kills"] >= 10 and summary["kills_prepare"] >= 8 and summary["kills_train"] >= 2
     for key in ("incomplete_outputs", "failed_reruns", "data_differences", "weight_differences", "hangs",
                 "leftover_temporaries"):
         assert summary[key] == 0, (key, result.stdout[-4000:])

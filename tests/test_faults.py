@@ -175,9 +175,10 @@ def train_reference(tiny_dataset, tmp_path_factory):
     return refs
 
 
-# bench/chaos.py --quick (tests/test_chaos.py) kills fp32 and bf16 training at "train-step@3" (after step 3,
-# its checkpoint not written) and "mid-write:checkpoint-last.pt" (the first checkpoint half-written), resumed
-# by the command and by Luigi, and compares the weights with an uninterrupted run's; these are the other points
+# bench/chaos.py --quick (tests/test_chaos.py) kills fp32 training at "train-step@3" (after step 3, its
+# checkpoint not written) and "mid-write:checkpoint-last.pt" (the first checkpoint half-written), resumed by
+# the command and by Luigi, and compares the weights with an uninterrupted run's; these are the other points,
+# and the one kill-and-resume in bf16
 TRAIN_FAULTS = [
     ("fp32", "before-rename:checkpoint-last.pt@2"),  # the second checkpoint complete, not renamed
     ("fp32", "before-rename:checkpoint-final.pt"),
