@@ -68,14 +68,15 @@ def luigid(tmp_path_factory):
         yield daemon
 
 
-# The longest test files first (their serial seconds on the 2-core AVX2 machine in a comment), so that
-# under pytest-xdist (``make test``: ``-n auto --dist loadfile --no-loadscope-reorder``) the workers start
-# on them and the many short files fill in at the end instead of one long file running alone last.
+# The long test files first, so that under pytest-xdist (``make test``: ``-n auto --dist loadfile
+# --no-loadscope-reorder``) the workers start on them and the many short files fill in at the end instead
+# of one long file running alone last. A file of one or three long tests comes before a file of many short
+# ones of about the same total (one-process seconds on the 2-core AVX2 machine, 2026-12-01).
 LONGEST_FIRST = ["test_train_task",  # three 150-step trainings, ~170 s
-                 "test_science",  # two science smoke processes through luigid, ~140 s
-                 "test_bad_inputs",  # ~30 commands, ~180 s
-                 "test_chaos",  # ~110 s
-                 "test_faults",  # ~130 s
+                 "test_science",  # one test: two science smoke processes through luigid, ~140 s
+                 "test_bad_inputs",  # ~30 commands of ~6 s, ~180 s
+                 "test_chaos",  # one test, ~110 s (fp32 training kills only)
+                 "test_faults",  # ~20 tests, ~130 s
                  "test_openpose", "test_fail_fast", "test_hanco", "test_prepare", "test_precision",
                  "test_reproducible", "test_trainer", "test_evaluate_task"]
 
