@@ -51,18 +51,20 @@ class HaMuCo(nn.Module):
 
     ``hand_model``: a :class:`HandModel`, a converted MANO ``.npz`` path, or None for the built-in
     procedural hand. ``image_size``: the crop size the token width is built for (SAIGB flattens
-    H4, whose size follows the input).
+    H4, whose size follows the input). ``initial_orientation``: the global orientation both pose
+    heads start from (``"identity"``, the official code, or ``"upright"``; see
+    :data:`model.single_view.INITIAL_ORIENTATIONS`).
     """
 
     def __init__(self, backbone_name: str = "resnet50", backbone_weights: Optional[str | os.PathLike] = "none",
                  hand_model: Optional[HandModel | str | os.PathLike] = None, image_size: int = 256,
                  num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1,
-                 view_keep_prob: float = 0.5) -> None:
+                 view_keep_prob: float = 0.5, initial_orientation: str = "identity") -> None:
         super().__init__()
         if not isinstance(hand_model, HandModel):
             hand_model = HandModel(hand_model)
         self.image_size = image_size
-        self.single_view = SingleViewNet(Backbone(backbone_name, backbone_weights), hand_model)
+        self.single_view = SingleViewNet(Backbone(backbone_name, backbone_weights), hand_model, initial_orientation)
         channels = self.single_view.backbone.channels
         self.graph_features = ViewSharedGraphFeatures(channels)
         self.token_dim = graph_feature_dim(channels, image_size)
@@ -71,7 +73,7 @@ class HaMuCo(nn.Module):
         flat = NUM_JOINTS * REGRESSION_DIM
         self.pose_head = MLP(flat, NUM_POSE_JOINTS * 6)
         self.cam_head = MLP(flat, NUM_CAM)
-        init_pose_head(self.pose_head)
+        init_pose_head(self.pose_head, initial_orientation=initial_orientation)
         init_cam_head(self.cam_head)
 
     @property

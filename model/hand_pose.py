@@ -24,6 +24,7 @@ DOF_NAMES = tuple(
     f"{f}_{d}" for f in FINGERS for d in ("mcp_flex", "mcp_abd", "pip_flex", "dip_flex")
 ) + ("thumb_cmc_flex", "thumb_cmc_abd", "thumb_mcp_flex", "thumb_ip_flex")
 NUM_DOFS = len(DOF_NAMES)
+POSE_PRIORS = ("default", "wide")
 
 _FINGER_LIMITS = {"mcp_flex": (-0.35, 1.55), "mcp_abd": (-0.30, 0.30), "pip_flex": (0.0, 1.85),
                   "dip_flex": (-0.05, 1.30)}
@@ -103,12 +104,61 @@ class HandPoseSpace:
         out[:, 19] = c * 0.9 * rng.uniform(0.4, 1.0, n)
         return self.clip(out)
 
-    def sample_sequence(self, rng: np.random.Generator, n_frames: int, keyframe_every: int = 15) -> np.ndarray:
-        """A smooth sequence (n_frames, 20): keyframe poses joined by C¹ cubic interpolation."""
+    def sample_sequence(self, rng: np.random.Generator, n_frames: int, keyframe_every: int = 15,
+                        prior: str = "default") -> np.ndarray:
+        """A smooth sequence (n_frames, 20): keyframe poses joined by C¹ cubic interpolation.
+
+        ``keyframe_every`` 1 gives an independent pose in every frame; ``prior`` is ``"default"``
+        (:meth:`sample`) or ``"wide"`` (:meth:`sample_wide`)."""
+        if keyframe_every < 1:
+            raise ValueError(f"keyframe_every must be at least 1 (got {keyframe_every})")
+        if prior not in POSE_PRIORS:
+            raise ValueError(f"pose prior must be one of {', '.join(POSE_PRIORS)} (got {prior!r})")
         n_keys = int(np.ceil(max(n_frames - 1, 1) / keyframe_every)) + 2
-        keys = self.sample(rng, n_keys)
+        keys = self.sample(rng, n_keys) if prior == "default" else self.sample_wide(rng, n_keys)
         t = np.arange(n_frames) / keyframe_every
         i = np.minimum(t.astype(int), n_keys - 2)
         u = (t - i)[:, None]
         h = u * u * (3 - 2 * u)  # smoothstep: zero velocity at every keyframe
         return self.clip(keys[i] * (1 - h) + keys[i + 1] * h)
+
+    # Hand shapes people make, as (finger curl 0..1 for index, middle, ring, pinky; thumb curl; spread -1..1)
+    # and a thumb opposition 0..1; the wide prior draws one of them (or a uniform pose) and perturbs it.
+    ARCHETYPES = {
+        "open": ((0.05, 0.05, 0.05, 0.05), 0.05, 0.2, 0.3),
+        "spread": ((0.0, 0.0, 0.0, 0.0), 0.0, 1.0, 0.1),
+        "fist": ((1.0, 1.0, 1.0, 1.0), 0.9, 0.0, 0.4),
+        "point": ((0.0, 1.0, 1.0, 1.0), 0.8, 0.0, 0.5),
+        "two": ((0.0, 0.0, 1.0, 1.0), 0.8, 0.6, 0.5),
+        "pinch": ((0.55, 0.2, 0.15, 0.1), 0.5, 0.1, 1.0),
+        "grasp": ((0.6, 0.6, 0.6, 0.6), 0.45, 0.0, 0.8),
+        "hook": ((0.3, 0.3, 0.3, 0.3), 0.1, 0.0, 0.2),
+    }
+
+    def sample_wide(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Independent poses (n, 20) from a wider prior than :meth:`sample`: one of the
+        :attr:`ARCHETYPES` (grasps, pinches, pointing, spread, fist, ...) or, one time in four, every
+        angle uniform within its limits, then per-angle variation; always within the joint limits."""
+        lo, hi = JOINT_LIMITS[:, 0], JOINT_LIMITS[:, 1]
+        names = list(self.ARCHETYPES)
+        kind = rng.integers(0, len(names) + 2, n)  # the last two draws: uniform poses
+        out = np.zeros((n, NUM_DOFS))
+        for k in range(n):
+            if kind[k] >= len(names):
+                out[k] = rng.uniform(lo, hi)
+                continue
+            curls, thumb, spread, oppose = self.ARCHETYPES[names[kind[k]]]
+            c = np.clip(np.asarray(curls) + rng.normal(0, 0.12, 4), 0, 1)
+            s = np.clip(spread + rng.normal(0, 0.2), -1, 1)
+            for fi in range(4):
+                b = 4 * fi
+                hook = names[kind[k]] == "hook"  # MCP straight, PIP and DIP bent
+                out[k, b] = (0.1 if hook else 1.45) * c[fi] + rng.normal(0, 0.08)
+                out[k, b + 1] = s * (fi - 1.5) / 1.5 * 0.28 + rng.normal(0, 0.04)
+                out[k, b + 2] = (1.7 if not hook else 2.0) * c[fi] + rng.normal(0, 0.08)
+                out[k, b + 3] = 1.1 * c[fi] * rng.uniform(0.7, 1.1)
+            t = np.clip(thumb + rng.normal(0, 0.1), 0, 1)
+            o = np.clip(oppose + rng.normal(0, 0.12), 0, 1)
+            out[k, 16:] = (0.9 * o - 0.2 + rng.normal(0, 0.06), 0.8 * o + rng.normal(0, 0.06),
+                           0.9 * t + rng.normal(0, 0.06), 1.2 * t + rng.normal(0, 0.06))
+        return self.clip(out)

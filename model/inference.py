@@ -69,13 +69,14 @@ def load_model(checkpoint: str | os.PathLike, hand_model: Optional[str | os.Path
 
 
 def initial_network(backbone: str, image_size: int, seed: int, backbone_weights: str = "none",
-                    hand_model: Optional[str | os.PathLike | HandModel] = None) -> HaMuCo:
+                    hand_model: Optional[str | os.PathLike | HandModel] = None,
+                    initial_orientation: str = "identity") -> HaMuCo:
     """The network as a training run with ``seed`` starts it (``TrainModel`` builds its network
     here), in eval mode: the untrained reference of that run."""
     torch.manual_seed(int(seed))
     hm = hand_model if isinstance(hand_model, HandModel) else HandModel(hand_model)
     return HaMuCo(backbone_name=backbone, backbone_weights=backbone_weights, hand_model=hm,
-                  image_size=int(image_size)).eval()
+                  image_size=int(image_size), initial_orientation=initial_orientation).eval()
 
 
 def initial_network_of(info: dict, hand_model: Optional[str | os.PathLike] = None) -> HaMuCo:
@@ -86,7 +87,8 @@ def initial_network_of(info: dict, hand_model: Optional[str | os.PathLike] = Non
     if hand_model is None:
         hand_model = _recorded_hand_model(params)
     return initial_network(arch["backbone"], int(arch["image_size"]), int(params["seed"]),
-                           params.get("backbone_weights", "none"), hand_model)
+                           params.get("backbone_weights", "none"), hand_model,
+                           params.get("initial_orientation", "identity"))
 
 
 def _recorded_hand_model(params: dict) -> Optional[str]:

@@ -219,6 +219,15 @@ class LossWeights:
     joint_2d: float = 1.0
     consistency: float = 1.0
     distillation: float = 1.0
+    # warm-up (0: off, the official code): consistency and distillation ramp linearly from 0 to their
+    # weight over the first ``cross_view_warmup`` steps, after the 2D terms have placed the hand
+    cross_view_warmup: int = 0
+
+    def ramp(self, step: int) -> float:
+        """The factor of the cross-view terms (consistency, distillation) at ``step``."""
+        if self.cross_view_warmup <= 0:
+            return 1.0
+        return min(1.0, max(0.0, step / self.cross_view_warmup))
 
     def weight(self, term: str) -> float:
         """Weight of a term name; a suffix after '/' is ignored ("joint_2d/interaction")."""
@@ -235,15 +244,19 @@ class LossWeights:
         return table[base]
 
 
-def total_loss(terms: dict, weights: LossWeights | None = None) -> torch.Tensor:
+def total_loss(terms: dict, weights: LossWeights | None = None, step: int | None = None) -> torch.Tensor:
     """``sum_name weights.weight(name) * terms[name]``.  Term names: ``joint_2d``,
     ``consistency``, ``distillation``, ``shape_prior``, ``pose_prior``, optionally with a
-    ``/suffix`` (e.g. ``joint_2d/single``, ``joint_2d/interaction``)."""
+    ``/suffix`` (e.g. ``joint_2d/single``, ``joint_2d/interaction``). With ``step``, the cross-view
+    terms are scaled by the warm-up ramp :meth:`LossWeights.ramp`."""
     weights = weights or LossWeights()
     if not terms:
         raise ValueError("no loss terms given")
+    ramp = weights.ramp(step) if step is not None else 1.0
     total = None
     for name, value in terms.items():
         v = weights.weight(name) * value
+        if ramp != 1.0 and name.split("/", 1)[0] in ("consistency", "distillation"):
+            v = ramp * v
         total = v if total is None else total + v
     return total

@@ -108,5 +108,5 @@ class HaMuCoObjective:
         }
         if self.single_view_only:
             terms = {k: v for k, v in terms.items() if k.endswith("/single")}
-        terms["total"] = total_loss(terms, self.weights)
+        terms["total"] = total_loss(terms, self.weights, step)
         return terms

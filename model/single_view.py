@@ -40,6 +40,12 @@ NUM_CAM = 3
 INIT_SCALE = 1.8
 MIN_SCALE = 0.4
 IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # first two columns of the identity
+# Initial global orientation of the pose heads. "identity" (the official code): the hand model's rest
+# pose, fingers along +y. "upright": turned 180° about the camera's axis, fingers along −y, which is
+# how a camera sees a raised hand (image up = −y): on the synthetic captures the rest pose starts
+# 120–179° away from every view's orientation, the upright one on average ~90° (the twist about the
+# forearm stays unknown).
+INITIAL_ORIENTATIONS = {"identity": IDENTITY_6D, "upright": (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0)}
 
 
 class MLP(nn.Sequential):
@@ -54,11 +60,18 @@ class MLP(nn.Sequential):
         return self[-1]
 
 
-def init_pose_head(head: MLP, num_joints: int = NUM_POSE_JOINTS, std: float = 1e-3) -> None:
-    """Small last-layer weights and identity-rotation biases: the initial pose is near identity."""
+def init_pose_head(head: MLP, num_joints: int = NUM_POSE_JOINTS, std: float = 1e-3,
+                   initial_orientation: str = "identity") -> None:
+    """Small last-layer weights and identity-rotation biases: the initial pose is near the rest pose,
+    turned as ``initial_orientation`` (:data:`INITIAL_ORIENTATIONS`) says."""
+    if initial_orientation not in INITIAL_ORIENTATIONS:
+        raise ValueError(f"initial orientation must be one of {', '.join(INITIAL_ORIENTATIONS)}, "
+                         f"not {initial_orientation!r}")
     nn.init.normal_(head.last.weight, std=std)
     with torch.no_grad():
-        head.last.bias.copy_(torch.tensor(IDENTITY_6D).repeat(num_joints))
+        bias = torch.tensor(IDENTITY_6D).repeat(num_joints)
+        bias[:6] = torch.tensor(INITIAL_ORIENTATIONS[initial_orientation])
+        head.last.bias.copy_(bias)
 
 
 def init_cam_head(head: MLP, scale: float = INIT_SCALE, std: float = 1e-3) -> None:
@@ -151,7 +164,7 @@ def decode_mesh(hand_model: HandModel, pose6d: torch.Tensor, betas: torch.Tensor
 class SingleViewNet(nn.Module):
     """Backbone → GAP(H4) → one MLP per output (θ 16×6, β 10, camera 3) → hand model."""
 
-    def __init__(self, backbone: Backbone, hand_model: HandModel) -> None:
+    def __init__(self, backbone: Backbone, hand_model: HandModel, initial_orientation: str = "identity") -> None:
         super().__init__()
         self.backbone = backbone
         self.hand_model = hand_model
@@ -159,7 +172,7 @@ class SingleViewNet(nn.Module):
         self.pose_head = MLP(c, NUM_POSE_JOINTS * 6)
         self.shape_head = MLP(c, NUM_BETAS)
         self.cam_head = MLP(c, NUM_CAM)
-        init_pose_head(self.pose_head)
+        init_pose_head(self.pose_head, initial_orientation=initial_orientation)
         init_shape_head(self.shape_head)
         init_cam_head(self.cam_head)
 

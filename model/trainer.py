@@ -39,6 +39,9 @@ from .safe_load import safe_torch_load
 
 CHECKPOINT_LAST = "checkpoint-last.pt"
 CHECKPOINT_FINAL = "checkpoint-final.pt"
+CHECKPOINT_BEST = "checkpoint-best.pt"  # the best by the validation signal ``TrainConfig.select_by``
+VALIDATION_LOG = "validation.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass
@@ -57,6 +60,9 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = False
     progress: bool = True
+    validate_every: int = 0  # with a validation callable: a validation pass every this many steps (0: never)
+    select_by: str = "label_signal"  # the validation signal (lower is better) that picks checkpoint-best.pt
+    tensorboard: bool = True  # TensorBoard event files of the losses and validation signals in out/tensorboard
 
 
 @dataclass
@@ -65,6 +71,7 @@ class TrainState:
     epoch: int = 0
     position: int = 0  # samples of the current epoch's permutation already consumed (all ranks)
     history: list = field(default_factory=list)
+    best: Optional[dict] = None  # {"step", "value", "key"} of checkpoint-best.pt
 
 
 class NonFiniteLoss(HamucoError):
@@ -132,8 +139,13 @@ def keep_freed_memory_in_process() -> bool:
 
 class Trainer:
     def __init__(self, model: torch.nn.Module, dataset: Dataset, objective: Callable, config: TrainConfig,
-                 out_dir: str | Path, architecture: Optional[dict] = None, provenance: Optional[dict] = None):
+                 out_dir: str | Path, architecture: Optional[dict] = None, provenance: Optional[dict] = None,
+                 validation: Optional[Callable[[torch.nn.Module], dict]] = None):
+        """``validation(model) -> {signal: value}``: run (the model in eval mode) every
+        ``config.validate_every`` steps and at the last step, on data training never uses; it must leave
+        the model's parameters and the RNG alone."""
         self.config = config
+        self.validation = validation
         self.out = Path(out_dir)
         self.dataset = dataset
         self.objective = objective
@@ -161,7 +173,8 @@ class Trainer:
     def _payload(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "state": {"step": self.state.step, "epoch": self.state.epoch, "position": self.state.position},
+                "state": {"step": self.state.step, "epoch": self.state.epoch, "position": self.state.position,
+                          "best": self.state.best},
                 "architecture": self.architecture, "provenance": self.provenance,
                 "config": asdict(self.config), "precision": self.precision.record()}
 
@@ -186,7 +199,8 @@ class Trainer:
         torch.set_rng_state(ckpt["torch_rng"])
         self.precision = self.precision.kept_from(recorded_precision(ckpt))
         st = ckpt["state"]
-        self.state = TrainState(step=int(st["step"]), epoch=int(st["epoch"]), position=int(st["position"]))
+        self.state = TrainState(step=int(st["step"]), epoch=int(st["epoch"]), position=int(st["position"]),
+                                best=st.get("best"))
         if path == self.out / CHECKPOINT_LAST:
             self._last_step = self.state.step
         return True
@@ -224,6 +238,50 @@ class Trainer:
                     self.state.position = 0
                 yield batch
 
+    # ------------------------------------------------------------------ validation
+    def _board(self):
+        """A TensorBoard writer into out/tensorboard (rank 0, ``config.tensorboard``); a resumed run
+        purges what the interrupted one wrote past its checkpoint's step."""
+        if self.rank != 0 or not self.config.tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.out / TENSORBOARD_DIR), purge_step=self.state.step + 1 if self.state.step else None)
+
+    def _validation_due(self) -> bool:
+        every = self.config.validate_every
+        return (self.validation is not None and every > 0 and self.rank == 0
+                and (self.state.step % every == 0 or self.state.step == self.config.steps))
+
+    def _validate(self, path: Path, board) -> dict:
+        """One validation pass: logged to validation.jsonl and TensorBoard; checkpoint-best.pt when the
+        ``select_by`` signal is lower than the best so far."""
+        t0 = time.perf_counter()
+        self.model.eval()
+        try:
+            signals = {k: float(v) for k, v in self.validation(self.model).items()}
+        finally:
+            self.model.train()
+        key = self.config.select_by
+        if key not in signals:
+            raise HamucoError(f"the validation pass gives no signal {key!r} (it gives {', '.join(sorted(signals))})")
+        value = signals[key]
+        best = self.state.best
+        improved = math.isfinite(value) and (best is None or value < best["value"])
+        if improved:
+            self.state.best = {"step": self.state.step, "value": value, "key": key}
+            self.save(CHECKPOINT_BEST)
+        row = {"step": self.state.step, "seconds": round(time.perf_counter() - t0, 3), **signals,
+               "best": improved}
+        with open(path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if board is not None:
+            for k, v in signals.items():
+                if math.isfinite(v):
+                    board.add_scalar(f"validation/{k}", v, self.state.step)
+            board.flush()
+        return row
+
     # ------------------------------------------------------------------ loop
     def train(self, resume: bool = True, until: Optional[int] = None) -> dict:
         """Train to ``config.steps``; ``until`` stops early without a final checkpoint, as a kill would."""
@@ -234,9 +292,12 @@ class Trainer:
             self.resume()
         self.out.mkdir(parents=True, exist_ok=True)
         metrics_path = self.out / "metrics.jsonl"
-        if self.rank == 0 and metrics_path.exists():  # drop what an interrupted run logged past the checkpoint
-            atomic_write_text(metrics_path, "".join(line + "\n" for line in _metric_lines(metrics_path)
-                                                    if json.loads(line)["step"] <= self.state.step))
+        validation_path = self.out / VALIDATION_LOG
+        for path in (metrics_path, validation_path):
+            if self.rank == 0 and path.exists():  # drop what an interrupted run logged past the checkpoint
+                atomic_write_text(path, "".join(line + "\n" for line in _metric_lines(path)
+                                                if json.loads(line)["step"] <= self.state.step))
+        board = self._board()
         if self.rank == 0:
             print(self.precision.line(), file=sys.stderr, flush=True)
         bar = tqdm(total=cfg.steps, initial=self.state.step, unit="step", desc="train",
@@ -272,11 +333,19 @@ class Trainer:
             if self.rank == 0:
                 with open(metrics_path, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
+                if board is not None:
+                    for k, v in losses.items():
+                        board.add_scalar(f"loss/{k}", record[k], self.state.step)
+                    board.add_scalar("lr", record["lr"], self.state.step)
             bar.update(1)
             bar.set_postfix(loss=f"{record['total']:.4f}")
+            if self._validation_due():
+                self._validate(validation_path, board)
             if self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.steps:
                 last_good = self.save(CHECKPOINT_LAST)
         bar.close()
+        if board is not None:
+            board.close()
         final = self.out / CHECKPOINT_FINAL
         if self.rank == 0:  # the last checkpoint holds the final state: the final one is a second name for it
             last = self.out / CHECKPOINT_LAST
@@ -285,7 +354,8 @@ class Trainer:
             else:
                 self.save(CHECKPOINT_FINAL)
         if self.rank == 0:
-            plot_loss_curve(metrics_path, self.out / "loss_curve.png")
+            plot_loss_curve(metrics_path, self.out / "loss_curve.png",
+                            validation_path if validation_path.exists() else None)
         return {"steps": self.state.step, "checkpoint": str(final), "metrics": str(metrics_path)}
 
 
@@ -324,7 +394,8 @@ class _Indexed(torch.utils.data.Dataset):
         return _collate([self.dataset[int(j)] for j in self.batches[i]])
 
 
-def plot_loss_curve(metrics_path: Path, png: Path) -> None:
+def plot_loss_curve(metrics_path: Path, png: Path, validation_path: Optional[Path] = None) -> None:
+    """The training losses per step (log scale) and, with a validation log, its signals beside them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -333,8 +404,10 @@ def plot_loss_curve(metrics_path: Path, png: Path) -> None:
     rows = [json.loads(line) for line in _metric_lines(metrics_path)]
     if not rows:
         return
+    val = [json.loads(line) for line in _metric_lines(validation_path)] if validation_path else []
     keys = [k for k in rows[0] if k not in ("step", "epoch", "lr", "seconds", "precision")]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = plt.subplots(1, 2 if val else 1, figsize=(13 if val else 7, 4), squeeze=False)
+    ax = axes[0, 0]
     steps = [r["step"] for r in rows]
     for k in keys:
         vals = [r.get(k, math.nan) for r in rows]
@@ -344,6 +417,23 @@ def plot_loss_curve(metrics_path: Path, png: Path) -> None:
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    if val:
+        ax = axes[0, 1]
+        vsteps = [r["step"] for r in val]
+        for k in val[0]:
+            if k in ("step", "seconds", "best"):
+                continue
+            vals = [r.get(k, math.nan) for r in val]
+            if any(math.isfinite(v) for v in vals):
+                ax.plot(vsteps, vals, marker="o", ms=3, label=k, lw=1.5 if k == "label_signal" else 1.0)
+        best = [r for r in val if r.get("best")]
+        if best:
+            ax.axvline(best[-1]["step"], color="k", ls=":", lw=1, label=f"best (step {best[-1]['step']})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation (px, mm, deg)")
+        ax.set_title("held-out frames", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

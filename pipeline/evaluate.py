@@ -106,6 +106,33 @@ def evaluate_split(model: torch.nn.Module, dataset: str | os.PathLike | list, sp
     return Evaluation(records=rec, metrics=evaluate_records(rec), samples=samples, errors=per_sample_errors(rec))
 
 
+def validation_pass(source: str | os.PathLike | list, split: str = "val", max_samples: int = 16,
+                    batch_size: int = 4, confidence: str = "raw", precision: Optional[PrecisionChoice] = None):
+    """The validation pass a :class:`model.trainer.Trainer` runs every N steps: a callable
+    ``model -> signals`` (:func:`model.validation.validation_signals`) over the first ``max_samples``
+    view groups of ``split`` (no augmentation, read once and kept in memory), with the
+    ground-truth signals when every shard has ground truth. None when the split has no usable sample."""
+    from model.validation import validation_signals
+
+    ds = ShardDataset(source, split=split, confidence=confidence, augmentation=None)
+    if len(ds) == 0:
+        return None
+    ds.ground_truth = all("gt_joints_world" in r.ground_truth_fields for r in ds.readers)
+    # spread the samples over the split (every k-th), not just its first frames
+    n = min(len(ds), int(max_samples))
+    picks = np.unique(np.linspace(0, len(ds) - 1, n).round().astype(int))
+    items = [ds[int(i)] for i in picks]
+    batches = [_collate(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+    crop = int(ds.readers[0].crop_size)
+
+    def run(model: torch.nn.Module) -> dict:
+        return validation_signals(model, batches, crop, precision)
+
+    run.samples = len(items)
+    run.ground_truth = ds.ground_truth
+    return run
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, lambda fh: fh.write(data))
 

@@ -25,7 +25,7 @@ from model.atomic import atomic_path
 from model.errors import HamucoError
 from model.geometry import axis_angle_to_matrix, look_at, normalize
 from model.hand_model import MIRROR, ROOT_JOINT, HandModel, mirror_axis_angle
-from model.hand_pose import HandPoseSpace
+from model.hand_pose import POSE_PRIORS, HandPoseSpace
 from model.procedural_hand import MeshBuilder
 
 from .capture import GROUND_TRUTH_FILE, Camera, Capture, GroundTruth, write_capture_json
@@ -56,6 +56,11 @@ class SynthConfig:
     occluders: int = 0
     image_format: str = "png"
     supersample: int = 2
+    # diversity (the defaults draw exactly what captures drew before these settings existed)
+    keyframe_every: int = 15  # a new key pose every this many frames; 1 = an independent pose per frame
+    pose_prior: str = "default"  # "default" (open to fist around one grasp) or "wide" (model.hand_pose)
+    shape_sigma: float = 0.8  # spread of the hand-shape coefficients β (clipped to ±2)
+    roll_deg: float = 8.0  # each camera's roll about its axis is uniform in ±this (in-plane rotation)
 
     def check(self) -> None:
         problems = []
@@ -77,6 +82,14 @@ class SynthConfig:
             problems.append(f"supersample must be 1..4 (got {self.supersample})")
         if self.occluders < 0:
             problems.append(f"occluders must be >= 0 (got {self.occluders})")
+        if self.keyframe_every < 1:
+            problems.append(f"keyframe_every must be at least 1 (got {self.keyframe_every})")
+        if self.pose_prior not in POSE_PRIORS:
+            problems.append(f"pose prior must be one of {', '.join(POSE_PRIORS)} (got {self.pose_prior!r})")
+        if not 0 <= self.shape_sigma <= 3:
+            problems.append(f"shape_sigma must be between 0 and 3 (got {self.shape_sigma})")
+        if not 0 <= self.roll_deg <= 180:
+            problems.append(f"roll_deg must be between 0 and 180 (got {self.roll_deg})")
         if problems:
             raise HamucoError("invalid synthetic capture settings: " + "; ".join(problems))
 
@@ -114,7 +127,7 @@ def _camera_rig(cfg: SynthConfig, rng: np.random.Generator) -> list[Camera]:
         d = cfg.distance * rng.uniform(0.9, 1.1)
         centre = d * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
         R, _ = look_at(centre, rng.normal(0, 0.01, 3), np.array([0.0, 0.0, 1.0]))
-        roll = axis_angle_to_matrix(np.array([0.0, 0.0, np.deg2rad(rng.uniform(-8, 8))]))
+        roll = axis_angle_to_matrix(np.array([0.0, 0.0, np.deg2rad(rng.uniform(-cfg.roll_deg, cfg.roll_deg))]))
         R = roll @ R
         t = -R @ centre
         f = 0.7 * W * d / 0.21 * rng.uniform(0.94, 1.06)
@@ -185,12 +198,12 @@ def build_scene(cfg: SynthConfig) -> Scene:
     rng = np.random.default_rng(cfg.seed)
     hand = HandModel(cfg.hand_model, side=cfg.handedness, dtype=torch.float64)
     F = cfg.frames
-    betas = np.clip(rng.normal(0, 0.8, 10), -2, 2)
+    betas = np.clip(rng.normal(0, cfg.shape_sigma, 10), -2, 2)
     with torch.no_grad():
         rest = hand.rest_joints(torch.as_tensor(betas)).numpy()
     right_rest = rest * MIRROR if cfg.handedness == "left" else rest
     space = HandPoseSpace(right_rest)
-    hand_pose = space.to_hand_pose(space.sample_sequence(rng, F))
+    hand_pose = space.to_hand_pose(space.sample_sequence(rng, F, cfg.keyframe_every, cfg.pose_prior))
     # hand raised in the rig, forearm from below: the wrist→middle-MCP axis points within
     # 60° of world up, any twist about it, then a bounded sway over time
     fwd_rest = normalize(right_rest[ROOT_JOINT] - right_rest[0])

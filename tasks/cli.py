@@ -22,7 +22,9 @@ def _synth(args: argparse.Namespace) -> int:
 
     cfg = SynthConfig(cameras=args.cameras, frames=args.frames, seed=args.seed, image_size=args.image_size,
                       rig=args.rig, distance=args.distance, hand_model=args.hand_model,
-                      handedness=args.handedness, occluders=args.occluders, image_format=args.image_format)
+                      handedness=args.handedness, occluders=args.occluders, image_format=args.image_format,
+                      keyframe_every=args.keyframe_every, pose_prior=args.pose_prior, shape_sigma=args.shape_sigma,
+                      roll_deg=args.roll_deg)
     cfg.check()
     capture = generate_capture(args.out, cfg, overwrite=args.overwrite, workers=args.workers,
                                progress=not args.quiet)
@@ -129,7 +131,8 @@ def _train(args: argparse.Namespace) -> int:
     params = {"dataset": args.dataset, "out": args.out}
     for name in ("backbone", "steps", "backbone_weights", "batch_size", "hand_model", "lr", "seed", "precision",
                  "checkpoint_every", "confidence", "weak_camera", "gamma", "points", "distill_to",
-                 "aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob"):
+                 "aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob", "initial_orientation",
+                 "cross_view_warmup", "validate_every", "val_dataset", "val_samples"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -148,6 +151,9 @@ def _train(args: argparse.Namespace) -> int:
     run = task.run_dir
     print(f"checkpoint: {task.output().path}")
     print(f"metrics: {run / 'metrics.jsonl'}  loss curve: {run / 'loss_curve.png'}")
+    if (run / "validation.jsonl").exists():
+        print(f"validation: {run / 'validation.jsonl'}  best by the label signal: {run / 'checkpoint-best.pt'}  "
+              f"TensorBoard: tensorboard --logdir {run / 'tensorboard'}")
     return 0
 
 
@@ -358,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handedness", choices=("right", "left"), default="right")
     p.add_argument("--occluders", type=_int_at_least(0), default=0, help="number of floating occluders (default 0)")
     p.add_argument("--image-format", choices=("png", "jpg"), default="png")
+    p.add_argument("--keyframe-every", type=_int_at_least(1), default=15,
+                   help="pose diversity: a new key pose every N frames, 1 = an independent pose per frame (default 15)")
+    p.add_argument("--pose-prior", choices=("default", "wide"), default="default",
+                   help="'wide': grasps, pinches, pointing, spread, fist and uniform poses (default: open to fist)")
+    p.add_argument("--shape-sigma", type=float, default=0.8, help="spread of the hand-shape coefficients (default 0.8)")
+    p.add_argument("--roll-deg", type=float, default=8.0,
+                   help="each camera's roll about its axis is uniform in +-this many degrees (default 8)")
     p.add_argument("--workers", type=_int_at_least(1), default=min(2, os.cpu_count() or 1),
                    help="rendering processes (default: up to 2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -448,6 +461,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aug-blur-prob", type=float, default=None, help="augmentation: share of crops blurred")
     p.add_argument("--aug-occlusion-prob", type=float, default=None, help="augmentation: share of crops with a "
                    "random occluder")
+    p.add_argument("--initial-orientation", choices=("identity", "upright"), default=None,
+                   help="global orientation the pose heads start from: the rest pose (default, official) or "
+                   "turned upright as cameras see a raised hand")
+    p.add_argument("--cross-view-warmup", type=int, default=None, metavar="STEPS",
+                   help="consistency and distillation ramp up from 0 over these steps (default 0, official)")
+    p.add_argument("--validate-every", type=int, default=None, metavar="N",
+                   help="validation pass every N steps on frames training never uses (default 100; 0 off): "
+                   "validation.jsonl, TensorBoard event files, checkpoint-best.pt")
+    p.add_argument("--val-dataset", default=None, help="dataset index of the validation pass (default: the "
+                   "dataset's val split)")
+    p.add_argument("--val-samples", type=int, default=None, help="view groups of the validation pass (default 16)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     _scheduler_options(p)
     p.set_defaults(func=_train)

@@ -52,8 +52,16 @@ class SyntheticCapture(HamucoTask):
     rig = luigi.ChoiceParameter(choices=["ring", "dome"], default="ring")
     occluders = luigi.IntParameter(default=0)
     hand_model = luigi.OptionalParameter(default=None)
+    distance = luigi.FloatParameter(default=0.65, description="metres from the hand to the cameras")
+    keyframe_every = luigi.IntParameter(default=15, description="a new key pose every this many frames "
+                                        "(1: an independent pose per frame)")
+    pose_prior = luigi.ChoiceParameter(choices=["default", "wide"], default="default",
+                                       description="'wide': grasps, pinches, pointing, spread, fist and uniform poses")
+    shape_sigma = luigi.FloatParameter(default=0.8, description="spread of the hand-shape coefficients")
+    roll_deg = luigi.FloatParameter(default=8.0, description="camera roll about its axis, uniform in +-this")
     checks = {"cameras": at_least(1), "frames": at_least(1), "image_size": in_range(32, 4096),
-              "occluders": in_range(0, 16)}
+              "occluders": in_range(0, 16), "keyframe_every": at_least(1), "shape_sigma": in_range(0, 3),
+              "roll_deg": in_range(0, 180), "distance": in_range(0.2, 5)}
 
     def output(self):
         return luigi.LocalTarget(os.path.join(self.dest, "capture.json"))
@@ -62,7 +70,9 @@ class SyntheticCapture(HamucoTask):
         from pipeline.synthetic import SynthConfig, generate_capture
 
         cfg = SynthConfig(cameras=self.cameras, frames=self.frames, seed=self.seed, image_size=self.image_size,
-                          rig=self.rig, occluders=self.occluders, hand_model=self.hand_model)
+                          rig=self.rig, occluders=self.occluders, hand_model=self.hand_model, distance=self.distance,
+                          keyframe_every=self.keyframe_every, pose_prior=self.pose_prior,
+                          shape_sigma=self.shape_sigma, roll_deg=self.roll_deg)
         generate_capture(self.dest, cfg, overwrite=True, workers=min(2, os.cpu_count() or 1))
 
 

@@ -31,6 +31,10 @@ class DatasetIndex(luigi.ExternalTask):
 
 
 AUGMENTATION_OPTIONS = ("aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob")
+# options added after runs were named by their parameters: at these values a run keeps the name it had
+NEUTRAL_OPTIONS = {"initial_orientation": "identity", "cross_view_warmup": "0"}
+# what a validation pass watches does not change the trained weights: not part of the run's name
+VALIDATION_OPTIONS = ("validate_every", "val_dataset", "val_split", "val_samples")
 
 
 class TrainModel(HamucoTask):
@@ -74,12 +78,26 @@ class TrainModel(HamucoTask):
     aug_blur_prob = luigi.FloatParameter(default=0.0, description="augmentation: share of crops blurred")
     aug_occlusion_prob = luigi.FloatParameter(default=0.0, description="augmentation: share of crops with a "
                                               "random occluding rectangle")
+    initial_orientation = luigi.ChoiceParameter(choices=["identity", "upright"], default="identity",
+                                                description="global orientation the pose heads start from: the "
+                                                "rest pose (official) or turned upright as cameras see a raised hand")
+    cross_view_warmup = luigi.IntParameter(default=0, description="steps over which consistency and distillation "
+                                           "ramp up from 0 (0: from the start, official)")
+    validate_every = luigi.IntParameter(default=100, description="a validation pass every N steps on frames "
+                                        "training never uses (0: none); validation.jsonl, TensorBoard, "
+                                        "checkpoint-best.pt")
+    val_dataset = luigi.OptionalParameter(default=None, description="dataset index of the validation pass "
+                                          "(default: this dataset's val split)")
+    val_split = luigi.ChoiceParameter(choices=["train", "val", "test"], default="val",
+                                      description="split of the validation dataset")
+    val_samples = luigi.IntParameter(default=16, description="view groups of the validation pass")
     checks = {"steps": at_least(1), "batch_size": at_least(1), "lr": positive_finite(),
               "aug_rotation_deg": in_range(0, 180), "aug_colour": in_range(0, 1, high_open=True),
               "aug_blur_prob": in_range(0, 1), "aug_occlusion_prob": in_range(0, 1),
               "weight_decay": in_range(0, 10), "checkpoint_every": at_least(1), "seed": in_range(0, 2**32 - 1),
               "num_workers": in_range(0, 64), "consistency_weight": in_range(0, 1e6),
-              "distillation_weight": in_range(0, 1e6), "alpha": in_range(0, 1e6), "gamma": in_range(0, 1e6)}
+              "distillation_weight": in_range(0, 1e6), "alpha": in_range(0, 1e6), "gamma": in_range(0, 1e6),
+              "cross_view_warmup": at_least(0), "validate_every": at_least(0), "val_samples": at_least(1)}
 
     def requires(self):
         return DatasetIndex(path=self.dataset)
@@ -91,10 +109,14 @@ class TrainModel(HamucoTask):
     @property
     def run_dir(self) -> Path:
         digest = self.dataset_sha256()
-        params = {k: v for k, v in self.to_str_params().items() if k not in ("out", "num_workers")}
+        params = {k: v for k, v in self.to_str_params().items()
+                  if k not in ("out", "num_workers") + VALIDATION_OPTIONS}
         for name in AUGMENTATION_OPTIONS:  # off: the run's name is the one it had before the option existed
             if getattr(self, name) == 0:
                 params.pop(name, None)
+        for name, neutral in NEUTRAL_OPTIONS.items():
+            if params.get(name) == neutral:
+                params.pop(name)
         return Path(self.out) / f"train-{self.backbone}-{version_hash(params, digest)}"
 
     @property
@@ -115,8 +137,10 @@ class TrainModel(HamucoTask):
         from model.inference import initial_network
         from model.losses import LossWeights
         from model.objective import HaMuCoObjective
+        from model.precision import resolve_precision
         from model.trainer import TrainConfig, Trainer, keep_freed_memory_in_process
         from pipeline.dataset import ShardDataset, load_index
+        from pipeline.evaluate import validation_pass
 
         keep_freed_memory_in_process()  # 5-15% shorter CPU steps (model/trainer.py)
         index = load_index(self.dataset)
@@ -126,7 +150,8 @@ class TrainModel(HamucoTask):
         size = int(index["crop_size"])
         # the run's initial network (initial_network seeds torch with the run's seed again, so an
         # evaluation can rebuild the untrained reference bit for bit)
-        model = initial_network(self.backbone, size, self.seed, self.backbone_weights, self.hand_model).train()
+        model = initial_network(self.backbone, size, self.seed, self.backbone_weights, self.hand_model,
+                                self.initial_orientation).train()
         architecture = {"model": "HaMuCo", "backbone": self.backbone, "image_size": size,
                         "hand_model": model.hand_model.sha256}
         provenance = {"code_version": code_version(), "dataset": os.path.abspath(self.dataset),
@@ -134,10 +159,18 @@ class TrainModel(HamucoTask):
                       "params": self.to_str_params(), "skipped_samples": data.skipped_samples}
         cfg = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                           checkpoint_every=self.checkpoint_every, seed=self.seed, num_workers=self.num_workers,
-                          precision=self.precision, channels_last=True)
+                          precision=self.precision, channels_last=True, validate_every=self.validate_every)
         weights = LossWeights(alpha=self.alpha, gamma=self.gamma, consistency=self.consistency_weight,
-                              distillation=self.distillation_weight)
+                              distillation=self.distillation_weight, cross_view_warmup=self.cross_view_warmup)
+        validation = None
+        if self.validate_every > 0:
+            validation = validation_pass(self.val_dataset or self.dataset, self.val_split, self.val_samples,
+                                         precision=resolve_precision(self.precision, "cpu", warn=False))
+            provenance["validation"] = ({"dataset": os.path.abspath(self.val_dataset or self.dataset),
+                                         "split": self.val_split, "samples": validation.samples,
+                                         "ground_truth": validation.ground_truth, "every": self.validate_every}
+                                        if validation else "none: the validation split has no usable sample")
         objective = HaMuCoObjective(weights, use_extrinsics=self.use_extrinsics,
                                     weak_supervision=self.weak_camera is not None, points=self.points,
                                     distill_to=self.distill_to, single_view_only=self.branches == "single")
-        Trainer(model, data, objective, cfg, self.run_dir, architecture, provenance).train(resume=True)
+        Trainer(model, data, objective, cfg, self.run_dir, architecture, provenance, validation).train(resume=True)
