@@ -157,6 +157,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from pipeline.dataset import check_dataset
+    from tasks.base import check_output_dir
+    from tasks.train import PretrainBackbone
+
+    params = {"dataset": args.dataset, "out": args.out}
+    for name in ("backbone", "steps", "batch_size", "lr", "seed", "precision", "confidence", "aug_rotation_deg",
+                 "aug_colour"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    task = PretrainBackbone(**params)
+    check_output_dir(args.out)
+    check_dataset(args.dataset, "train")
+    if not _run_luigi(args, [task], 1, args.scheduler_host, args.scheduler_port):
+        return EXIT_INVALID
+    print(f"backbone weights: {task.output().path}")
+    print(f"use them: hamuco train --backbone {task.backbone} --backbone-weights {task.output().path} ...")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import summary_table
     from tasks.evaluate import EvaluateModel, read_metrics
@@ -475,6 +495,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     _scheduler_options(p)
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("pretrain", parents=[common], help="pretrain a backbone on the 2D pseudo labels alone",
+                       description="Run the PretrainBackbone task: a ResNet with a heatmap head learns the 2D pseudo "
+                       "labels of a dataset's train split (no 3D, no ground truth: still self-supervised); writes "
+                       "backbone.pt for 'hamuco train --backbone-weights'.")
+    p.add_argument("--dataset", required=True, help="dataset index from 'hamuco prepare'")
+    p.add_argument("--out", required=True, help="root directory of pretraining runs")
+    p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50"), default=None,
+                   help="default resnet18")
+    p.add_argument("--steps", type=_int_at_least(1), default=None, help="optimizer steps (default 1000)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=None, help="view groups per step (default 4)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None, help="default auto")
+    p.add_argument("--confidence", choices=("refined", "raw"), default=None, help="label confidence (default refined)")
+    p.add_argument("--aug-rotation-deg", type=float, default=None, help="augmentation: in-plane rotation, +-degrees")
+    p.add_argument("--aug-colour", type=float, default=None, help="augmentation: colour jitter strength")
+    _scheduler_options(p)
+    p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("evaluate", parents=[common], help="metrics, baselines and an HTML report for a checkpoint",
                        description="Run the EvaluateModel task: the three modes (single, interaction, fusion) "

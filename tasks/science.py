@@ -32,6 +32,8 @@ class NetworkFrameErrors(HamucoTask):
     backbone = luigi.ChoiceParameter(choices=["resnet18", "resnet34", "resnet50"], default="resnet18",
                                      description="untrained network only")
     init_seed = luigi.IntParameter(default=0, description="untrained network only")
+    initial_orientation = luigi.ChoiceParameter(choices=["identity", "upright"], default="identity",
+                                                description="untrained network only")
     batch_size = luigi.IntParameter(default=4)
     checks = {"batch_size": at_least(1)}
 
@@ -43,6 +45,8 @@ class NetworkFrameErrors(HamucoTask):
 
     def output(self):
         what = dict(self.train) if self.train else {"untrained": self.backbone, "init_seed": self.init_seed}
+        if not self.train and self.initial_orientation != "identity":  # identity: the name tables had before
+            what["initial_orientation"] = self.initial_orientation
         h = version_hash(json.dumps(what, sort_keys=True, default=str), str(Path(self.dataset).resolve()), self.split,
                          *NETWORK_TABLE_VERSION)
         return luigi.LocalTarget(str(Path(self.out) / f"network-{self.split}-{h}.npz"))
@@ -59,7 +63,8 @@ class NetworkFrameErrors(HamucoTask):
             model, _ = load_model(self.input()["model"].path)
         else:
             torch.manual_seed(self.init_seed)
-            model = HaMuCo(self.backbone, image_size=int(load_index(self.dataset)["crop_size"])).eval()
+            model = HaMuCo(self.backbone, image_size=int(load_index(self.dataset)["crop_size"]),
+                           initial_orientation=self.initial_orientation).eval()
         save_frames(self.output().path, network_frame_errors(model, self.dataset, self.split, self.batch_size))
 
 

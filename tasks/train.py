@@ -117,6 +117,10 @@ class TrainModel(HamucoTask):
         for name, neutral in NEUTRAL_OPTIONS.items():
             if params.get(name) == neutral:
                 params.pop(name)
+        weights = Path(self.backbone_weights)
+        if self.backbone_weights.lower() not in ("none", "", "imagenet") and weights.is_file():
+            # a weights file is named by its content too: new pretrained weights at the same path, a new run
+            params["backbone_weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
         return Path(self.out) / f"train-{self.backbone}-{version_hash(params, digest)}"
 
     @property
@@ -174,3 +178,65 @@ class TrainModel(HamucoTask):
                                     weak_supervision=self.weak_camera is not None, points=self.points,
                                     distill_to=self.distill_to, single_view_only=self.branches == "single")
         Trainer(model, data, objective, cfg, self.run_dir, architecture, provenance, validation).train(resume=True)
+
+
+class PretrainBackbone(HamucoTask):
+    """A backbone pretrained on the 2D pseudo labels of a dataset's training split (``model.pretrain``):
+    no 3D and no ground truth. Its output, ``backbone.pt``, is what ``TrainModel(backbone_weights=...)``
+    (``hamuco train --backbone-weights``) reads; a killed run resumes from its last checkpoint."""
+
+    dataset = luigi.Parameter(description="dataset index (JSON) from PrepareDataset")
+    out = luigi.Parameter(description="root directory of pretraining runs")
+    backbone = luigi.ChoiceParameter(choices=["resnet18", "resnet34", "resnet50"], default="resnet18")
+    steps = luigi.IntParameter(default=1000)
+    batch_size = luigi.IntParameter(default=4, description="view groups per step (every valid view is a sample)")
+    lr = luigi.FloatParameter(default=1e-3)
+    weight_decay = luigi.FloatParameter(default=1e-2)
+    checkpoint_every = luigi.IntParameter(default=100)
+    seed = luigi.IntParameter(default=0)
+    confidence = luigi.ChoiceParameter(choices=["refined", "raw"], default="refined")
+    precision = luigi.ChoiceParameter(choices=["auto", "bf16", "fp32"], default="auto")
+    aug_rotation_deg = luigi.FloatParameter(default=0.0, description="augmentation: in-plane rotation, +-degrees")
+    aug_colour = luigi.FloatParameter(default=0.0, description="augmentation: colour jitter strength")
+    checks = {"steps": at_least(1), "batch_size": at_least(1), "lr": positive_finite(),
+              "weight_decay": in_range(0, 10), "checkpoint_every": at_least(1), "seed": in_range(0, 2**32 - 1),
+              "aug_rotation_deg": in_range(0, 180), "aug_colour": in_range(0, 1, high_open=True)}
+
+    def requires(self):
+        return DatasetIndex(path=self.dataset)
+
+    @property
+    def run_dir(self) -> Path:
+        path = Path(self.dataset)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+        params = {k: v for k, v in self.to_str_params().items() if k != "out"}
+        return Path(self.out) / f"pretrain-{self.backbone}-{version_hash(params, digest)}"
+
+    def output(self):
+        return luigi.LocalTarget(str(self.run_dir / "backbone.pt"))
+
+    def run(self):
+        import torch
+
+        from model.atomic import atomic_write_file
+        from model.pretrain import KeypointNet, backbone_state_dict, keypoint_objective
+        from model.trainer import CHECKPOINT_FINAL, TrainConfig, Trainer, keep_freed_memory_in_process, load_checkpoint
+        from pipeline.dataset import Augmentation, ShardDataset
+
+        keep_freed_memory_in_process()
+        data = ShardDataset(self.dataset, split="train", confidence=self.confidence, seed=self.seed,
+                            augmentation=Augmentation(rotation_deg=self.aug_rotation_deg, colour=self.aug_colour))
+        torch.manual_seed(self.seed)
+        model = KeypointNet(self.backbone).train()
+        provenance = {"code_version": code_version(), "dataset": os.path.abspath(self.dataset),
+                      "dataset_sha256": hashlib.sha256(Path(self.dataset).read_bytes()).hexdigest(),
+                      "params": self.to_str_params(), "what": "backbone pretrained on 2D pseudo labels "
+                      "(heatmap head, soft-argmax, confidence-weighted L1); no 3D, no ground truth"}
+        cfg = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                          checkpoint_every=self.checkpoint_every, seed=self.seed, precision=self.precision,
+                          channels_last=True)
+        architecture = {"model": "KeypointNet", "backbone": self.backbone}
+        Trainer(model, data, keypoint_objective, cfg, self.run_dir, architecture, provenance).train(resume=True)
+        model.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT_FINAL)["model"])
+        payload = {"state_dict": backbone_state_dict(model), "provenance": provenance}
+        atomic_write_file(Path(self.output().path), lambda tmp: torch.save(payload, str(tmp)))

@@ -1,0 +1,331 @@
+"""The learnability ladder (issue 20): can the network fit, generalise with perfect labels, and
+generalise with the pipeline's own labels?
+
+    python bench/learnability.py [--rungs 1,2,3] [--out learnability_output] [--results results]
+                                 [--steps N] [--train OPTION=VALUE ...] [--quick]
+
+* rung 1, fit (a regression guard): one capture, perfect 2D labels (``noisy-gt`` labeler, no noise),
+  scored on the frames it trained on. Goal: single view ≤ 3 mm, fusion ≤ 2 mm PA-MPJPE.
+* rung 2, generalise with perfect labels: training captures of both rigs, scored on unseen
+  captures (ring; dome with occluders) whose seeds are never used in training or tuning (the
+  validation pass during training watches a separate validation capture). First milestone: single
+  view below the untrained network and the constant pose on every unseen capture; goal: single
+  ≤ 6 mm and ≤ 60% of both, fusion ≤ 4 mm, NMPJPE of fusion ≤ 10 mm.
+* rung 3, the pipeline's labels: the same captures with MediaPipe labels, 3 seeds, bootstrap
+  intervals over frames (seeds averaged first): single view below the untrained network and the
+  constant pose with the paired interval excluding 0; fusion below RANSAC triangulation of the
+  same labels.
+
+Every figure is of the final checkpoint (fixed before any run). Per rung the JSON gives PA-MPJPE per
+mode (single, interaction, fusion), NMPJPE of fusion, median orientation error (single view, in its
+camera frame; fusion, in the world), the untrained network (same seed, same initialisation) and the
+constant pose (the Procrustes mean of the training captures' ground truth) on the same frames,
+steps, minutes and the CPU it ran on. It is printed as JSON on the last line and merged into
+``results/learnability.json`` (keys ``rung1``, ``rung2``, ``rung3`` hold the latest run of each rung;
+``history`` every run, with the options it was run with). Everything runs as Luigi tasks: an
+interrupted ladder started again resumes, and a run with other ``--train`` options reuses the
+captures and labels.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from model.statistics import paired_difference, seed_frame_interval  # noqa: E402
+from pipeline.science import load_frames, per_frame  # noqa: E402
+from tasks.prepare import PrepareDataset, SyntheticCapture  # noqa: E402
+from tasks.science import BaselineFrameErrors, NetworkFrameErrors  # noqa: E402
+from tasks.train import TrainModel  # noqa: E402
+
+MODES = ("single", "interaction", "fusion")
+PERFECT = dict(labeler="noisy-gt", noise_sigma_px=0.0, noise_outlier_rate=0.0)
+
+# Seeds: rung 1's capture, the training captures of rungs 2-3, the validation capture, the unseen test captures.
+FIT_SEED = 500
+TRAIN_RING, TRAIN_DOME = (510, 511, 512, 513, 514, 515), (520, 521)
+VAL_SEED = 550
+TESTS = {"ring-600": dict(seed=600, rig="ring", occluders=0), "dome-610-occluders": dict(seed=610, rig="dome",
+                                                                                       occluders=2)}
+
+DEFAULT = dict(cameras=8, frames=24, image_size=256, crop_size=64, frames_per_shard=8, steps=1500, batch_size=2,
+               lr=1e-3, backbone="resnet18", seeds=(0, 1, 2), keyframe_every=15, pose_prior="default",
+               resamples=10_000, validate_every=100)
+QUICK = dict(cameras=4, frames=3, image_size=128, crop_size=64, frames_per_shard=3, steps=4, batch_size=1,
+             seeds=(0, 1), resamples=200, validate_every=2)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def hardware() -> dict:
+    from model.precision import resolve_precision
+
+    choice = resolve_precision("auto", "cpu", warn=False)
+    return {"cpu": choice.cpu_model, "cpu_kind": choice.cpu_capability, "native_bf16": choice.native_bf16,
+            "auto_precision": choice.precision, "threads": __import__("torch").get_num_threads(),
+            "cores": os.cpu_count()}
+
+
+class Ladder:
+    def __init__(self, cfg: dict, out: Path, train_options: dict, workers: int = 1):
+        self.cfg, self.out, self.options, self.workers = cfg, out, train_options, workers
+
+    # ------------------------------------------------------------------ tasks
+    def capture(self, name: str, **kw) -> SyntheticCapture:
+        c = self.cfg
+        kw.setdefault("frames", c["frames"])
+        return SyntheticCapture(dest=str(self.out / "captures" / name), cameras=c["cameras"],
+                                image_size=c["image_size"], keyframe_every=c["keyframe_every"],
+                                pose_prior=c["pose_prior"], **kw)
+
+    def dataset(self, captures: list, labels: dict) -> PrepareDataset:
+        c = self.cfg
+        return PrepareDataset(captures=[t.dest for t in captures], out=str(self.out / "prepared"),
+                              crop_size=c["crop_size"], frames_per_shard=c["frames_per_shard"], val_fraction=0.0,
+                              test_fraction=0.0, **labels)
+
+    def train(self, dataset: PrepareDataset, seed: int, val: PrepareDataset | None) -> dict:
+        c = self.cfg
+        params = dict(dataset=dataset.output().path, out=str(self.out / "runs"), backbone=c["backbone"],
+                      steps=c["steps"], batch_size=c["batch_size"], lr=c["lr"], seed=seed, use_extrinsics=True,
+                      checkpoint_every=max(1, min(250, c["steps"])), confidence="raw",
+                      validate_every=c["validate_every"] if val is not None else 0,
+                      **({"val_dataset": val.output().path, "val_split": "train"} if val is not None else {}))
+        params.update(self.options)
+        return params
+
+    def build(self, tasks: list, what: str) -> None:
+        from tasks.runner import run_tasks
+
+        log(f"{what}: {len(tasks)} task(s)")
+        res = run_tasks(tasks, workers=self.workers, prefix="learnability")
+        if not res.ok:
+            raise SystemExit(f"learnability: {what} failed: " + "; ".join(res.failures))
+
+    def tables(self, train: dict | None, dataset: PrepareDataset, split: str = "train", seed: int = 0) -> dict:
+        kw = dict(dataset=dataset.output().path, split=split, out=str(self.out / "tables"))
+        if train is None:
+            t = NetworkFrameErrors(backbone=self.cfg["backbone"], init_seed=seed,
+                                   initial_orientation=self.options.get("initial_orientation", "identity"), **kw)
+        else:
+            t = NetworkFrameErrors(train=train, **kw)
+        self.build([t], "network table" if train else "untrained network table")
+        return load_frames(t.output().path)
+
+    def baselines(self, dataset: PrepareDataset, mean_pose: PrepareDataset) -> dict:
+        t = BaselineFrameErrors(dataset=dataset.output().path, split="train", mean_pose_dataset=mean_pose.output().path,
+                                out=str(self.out / "tables"))
+        self.build([t], "baselines")
+        return load_frames(t.output().path)
+
+
+def frame_errors(table: dict, mode: str, metric: str = "pa_mpjpe") -> np.ndarray:
+    key = f"{mode}/{metric}"
+    return per_frame(table[key], table.get("view_mask") if np.ndim(table[key]) == 2 else None)
+
+
+def figures(nets: list[dict], untrained: list[dict], base: dict, resamples: int) -> dict:
+    """Means (and, with several seeds, intervals) of one set of frames."""
+    out: dict = {}
+    for mode in MODES:
+        out[mode] = seed_frame_interval(np.stack([frame_errors(t, mode) for t in nets]), resamples).to_json()
+        out[f"untrained_{mode}"] = seed_frame_interval(np.stack([frame_errors(t, mode) for t in untrained]),
+                                                       resamples).to_json()
+    out["nmpjpe_fusion"] = seed_frame_interval(np.stack([frame_errors(t, "fusion", "nmpjpe") for t in nets]),
+                                               resamples).to_json()
+    for mode in ("single", "fusion"):
+        o = np.concatenate([np.ravel(t[f"{mode}/orientation_deg"]) for t in nets])
+        out[f"orientation_deg_median_{mode}"] = round(float(np.nanmedian(o)), 1)
+    out["constant"] = seed_frame_interval(base["constant/pa_mpjpe"], resamples).to_json()
+    out["ransac"] = seed_frame_interval(base["ransac/pa_mpjpe"], resamples).to_json()
+    single = np.stack([frame_errors(t, "single") for t in nets])
+    out["single_minus_untrained"] = paired_difference(
+        single, np.stack([frame_errors(t, "single") for t in untrained]), resamples).to_json()
+    out["single_minus_constant"] = paired_difference(single, base["constant/pa_mpjpe"], resamples).to_json()
+    out["fusion_minus_ransac"] = paired_difference(np.stack([frame_errors(t, "fusion") for t in nets]),
+                                                   base["ransac/pa_mpjpe"], resamples).to_json()
+    return out
+
+
+def rung1(ladder: Ladder) -> dict:
+    cap = ladder.capture(f"fit-{FIT_SEED}", seed=FIT_SEED, rig="ring", occluders=0)
+    ladder.build([cap], "rung 1: capture")  # (a dataset's name hashes its captures' files: they come first)
+    ds = ladder.dataset([cap], PERFECT)
+    ladder.build([ds], "rung 1: labels")
+    seed = ladder.cfg["seeds"][0]
+    tp = ladder.train(ds, seed, None)
+    ladder.build([TrainModel(**tp)], "rung 1: training")
+    res = figures([ladder.tables(tp, ds)], [ladder.tables(None, ds, seed=seed)], ladder.baselines(ds, ds),
+                  ladder.cfg["resamples"])
+    res["goal"] = {"single_max_mm": 3.0, "fusion_max_mm": 2.0}
+    res["pass"] = bool(res["single"]["mean"] <= 3.0 and res["fusion"]["mean"] <= 2.0)
+    res["scored_on"] = f"its own {ladder.cfg['frames']} training frames (capture ring-{FIT_SEED})"
+    res["train"] = _public(tp)
+    return res
+
+
+def _generalisation(ladder: Ladder, labels: dict, seeds: tuple, name: str) -> dict:
+    caps = [ladder.capture(f"train-ring-{s}", seed=s, rig="ring", occluders=0) for s in TRAIN_RING]
+    caps += [ladder.capture(f"train-dome-{s}", seed=s, rig="dome", occluders=2) for s in TRAIN_DOME]
+    val_cap = ladder.capture(f"val-ring-{VAL_SEED}", seed=VAL_SEED, rig="ring", occluders=0,
+                             frames=max(3, ladder.cfg["frames"] // 2))
+    test_caps = {k: ladder.capture(f"test-{k}", **kw) for k, kw in TESTS.items()}
+    ladder.build(caps + [val_cap] + list(test_caps.values()), f"{name}: captures")
+    train_ds, val_ds = ladder.dataset(caps, labels), ladder.dataset([val_cap], labels)
+    tests = {k: ladder.dataset([c], labels) for k, c in test_caps.items()}
+    ladder.build([train_ds, val_ds] + list(tests.values()), f"{name}: labels")
+    runs = [ladder.train(train_ds, s, val_ds) for s in seeds]
+    ladder.build([TrainModel(**tp) for tp in runs], f"{name}: training")
+    res: dict = {"per_capture": {}}
+    for k, ds in tests.items():
+        nets = [ladder.tables(tp, ds) for tp in runs]
+        untrained = [ladder.tables(None, ds, seed=s) for s in seeds]
+        res["per_capture"][k] = figures(nets, untrained, ladder.baselines(ds, train_ds), ladder.cfg["resamples"])
+    own = [ladder.tables(tp, train_ds) for tp in runs]  # how well it fits what it trained on, for comparison
+    res["own_frames"] = {m: seed_frame_interval(np.stack([frame_errors(t, m) for t in own]),
+                                                ladder.cfg["resamples"]).to_json() for m in MODES}
+    res["training_data"] = {"captures": len(caps), "frames": len(caps) * ladder.cfg["frames"],
+                            "keyframe_every": ladder.cfg["keyframe_every"], "pose_prior": ladder.cfg["pose_prior"],
+                            "rigs": {"ring": len(TRAIN_RING), "dome_occluders": len(TRAIN_DOME)}}
+    res["train"] = _public(runs[0])
+    res["seeds"] = list(seeds)
+    res["validation_curve"] = [_validation_log(tp) for tp in runs]
+    return res
+
+
+def rung2(ladder: Ladder) -> dict:
+    res = _generalisation(ladder, PERFECT, ladder.cfg["seeds"][:1], "rung 2")
+    pc = res["per_capture"].values()
+    res["milestone"] = bool(all(r["single"]["mean"] < min(r["untrained_single"]["mean"], r["constant"]["mean"])
+                                for r in pc))
+    res["goal"] = {"single_max_mm": 6.0, "single_max_share_of_untrained_and_constant": 0.6, "fusion_max_mm": 4.0,
+                   "nmpjpe_fusion_max_mm": 10.0}
+    res["pass"] = bool(all(r["single"]["mean"] <= 6.0
+                           and r["single"]["mean"] <= 0.6 * min(r["untrained_single"]["mean"], r["constant"]["mean"])
+                           and r["fusion"]["mean"] <= 4.0 and r["nmpjpe_fusion"]["mean"] <= 10.0 for r in pc))
+    return res
+
+
+def rung3(ladder: Ladder) -> dict:
+    res = _generalisation(ladder, dict(labeler="mediapipe"), ladder.cfg["seeds"], "rung 3")
+    pc = res["per_capture"].values()
+    res["goal"] = ("single below the untrained network and the constant pose, paired interval excluding 0; "
+                   "fusion below RANSAC triangulation of the same labels")
+    res["pass"] = bool(all(r["single_minus_untrained"]["ci95"][1] is not None and r["single_minus_untrained"]["ci95"][1] < 0
+                           and r["single_minus_constant"]["ci95"][1] < 0 and r["fusion"]["mean"] < r["ransac"]["mean"]
+                           for r in pc))
+    return res
+
+
+def _public(tp: dict) -> dict:
+    return {k: v for k, v in tp.items() if k not in ("dataset", "out", "val_dataset")}
+
+
+def _validation_log(tp: dict) -> list:
+    path = TrainModel(**tp).run_dir / "validation.jsonl"
+    if not path.exists():
+        return []
+    keep = ("step", "label_signal", "pa_mpjpe_mm/single", "pa_mpjpe_mm/fusion", "orientation_deg/single")
+    return [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in json.loads(line).items() if k in keep}
+            for line in path.read_text().splitlines()]
+
+
+RUNGS = {1: rung1, 2: rung2, 3: rung3}
+
+
+def parse_options(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"learnability: --train takes OPTION=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def merge_results(path: Path, results: dict, entry: dict) -> dict:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(results)
+    data.setdefault("history", []).append(entry)
+    from model.atomic import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rungs", default="1,2,3", help="comma-separated rungs (default 1,2,3)")
+    ap.add_argument("--out", default="learnability_output", help="captures, shards, runs and tables")
+    ap.add_argument("--results", default="results", help="directory of learnability.json")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default 1500)")
+    ap.add_argument("--frames", type=int, default=None, help="frames per capture (default 24)")
+    ap.add_argument("--keyframe-every", type=int, default=None, help="training data: a key pose every N frames")
+    ap.add_argument("--pose-prior", choices=("default", "wide"), default=None, help="training data: pose prior")
+    ap.add_argument("--train", nargs="*", default=[], metavar="OPTION=VALUE", help="TrainModel options")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="a smoke run of the same graph (tiny captures, 4 steps)")
+    args = ap.parse_args(argv)
+    cfg = dict(DEFAULT, **(QUICK if args.quick else {}))
+    for k in ("steps", "frames", "keyframe_every", "pose_prior"):
+        if getattr(args, k) is not None:
+            cfg[k] = getattr(args, k)
+    rungs = [int(r) for r in args.rungs.split(",") if r.strip()]
+    if not set(rungs) <= set(RUNGS):
+        raise SystemExit(f"learnability: rungs are 1, 2, 3 (got {args.rungs})")
+    options = parse_options(args.train)
+    ladder = Ladder(cfg, Path(args.out), options, args.workers)
+    hw = hardware()
+    log(f"hardware: {hw['cpu']}, auto precision {hw['auto_precision']}")
+    results = {}
+    for r in rungs:
+        t0 = time.perf_counter()
+        res = RUNGS[r](ladder)
+        res["minutes"] = round((time.perf_counter() - t0) / 60, 1)  # of this invocation (cached stages take none)
+        res["steps"] = cfg["steps"]
+        res["hardware"] = hw
+        res["date"] = time.strftime("%Y-%m-%d")
+        res["options"] = options
+        res["data"] = {k: cfg[k] for k in ("cameras", "frames", "image_size", "crop_size", "keyframe_every",
+                                            "pose_prior")}
+        results[f"rung{r}"] = res
+        log(f"rung {r}: {json.dumps(_headline(res))}")
+    if not args.quick:
+        merge_results(Path(args.results) / "learnability.json", results,
+                      {"date": time.strftime("%Y-%m-%d %H:%M"), "options": options, "config": cfg,
+                       **{k: _headline(v) for k, v in results.items()}})
+    print(json.dumps({k: _headline(v) for k, v in results.items()}))
+    return 0
+
+
+def _headline(res: dict) -> dict:
+    def means(r):
+        return {k: (r[k]["mean"] if isinstance(r.get(k), dict) else r.get(k)) for k in
+                ("single", "interaction", "fusion", "untrained_single", "untrained_fusion", "constant", "ransac",
+                 "nmpjpe_fusion", "orientation_deg_median_single", "orientation_deg_median_fusion")}
+    h = {"pass": res.get("pass"), "minutes": res.get("minutes"), "cpu_kind": res.get("hardware", {}).get("cpu_kind")}
+    if "per_capture" in res:
+        h["milestone"] = res.get("milestone")
+        h.update({k: means(v) for k, v in res["per_capture"].items()})
+        h["own_frames"] = {m: res["own_frames"][m]["mean"] for m in MODES}
+    else:
+        h.update(means(res))
+    return h
+
+
+if __name__ == "__main__":
+    sys.exit(main())
