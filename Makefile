@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo_output
 
-.PHONY: demo test venv bench science chromium clean
+.PHONY: demo test venv bench science learnability chromium clean
 
 $(BIN)/hamuco: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench: venv
 # for its run time on 2 cores). Interrupted, it resumes; SCIENCE_ARGS='--quick' is a smoke run.
 science: venv
 	$(BIN)/python bench/science.py --out science_output --results results $(SCIENCE_ARGS)
+
+# The learnability ladder (bench/learnability.py): rung 1 fit, rung 2 unseen captures with perfect labels,
+# rung 3 MediaPipe labels with 3 seeds; results/learnability.json. LEARN_ARGS='--rungs 1' runs one rung.
+learnability: venv
+	$(BIN)/python bench/learnability.py --out learnability_output --results results $(LEARN_ARGS)
 
 clean:
 	rm -rf $(DEMO) build *.egg-info

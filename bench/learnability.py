@@ -44,7 +44,7 @@ from model.statistics import paired_difference, seed_frame_interval  # noqa: E40
 from pipeline.science import load_frames, per_frame  # noqa: E402
 from tasks.prepare import PrepareDataset, SyntheticCapture  # noqa: E402
 from tasks.science import BaselineFrameErrors, NetworkFrameErrors  # noqa: E402
-from tasks.train import TrainModel  # noqa: E402
+from tasks.train import PretrainBackbone, TrainModel  # noqa: E402
 
 MODES = ("single", "interaction", "fusion")
 PERFECT = dict(labeler="noisy-gt", noise_sigma_px=0.0, noise_outlier_rate=0.0)
@@ -58,7 +58,7 @@ TESTS = {"ring-600": dict(seed=600, rig="ring", occluders=0), "dome-610-occluder
 
 DEFAULT = dict(cameras=8, frames=24, image_size=256, crop_size=64, frames_per_shard=8, steps=1500, batch_size=2,
                lr=1e-3, backbone="resnet18", seeds=(0, 1, 2), keyframe_every=15, pose_prior="default",
-               resamples=10_000, validate_every=100)
+               resamples=10_000, validate_every=100, pretrain_steps=0)
 QUICK = dict(cameras=4, frames=3, image_size=128, crop_size=64, frames_per_shard=3, steps=4, batch_size=1,
              seeds=(0, 1), resamples=200, validate_every=2)
 
@@ -94,13 +94,27 @@ class Ladder:
                               crop_size=c["crop_size"], frames_per_shard=c["frames_per_shard"], val_fraction=0.0,
                               test_fraction=0.0, **labels)
 
+    def pretrain(self, dataset: PrepareDataset, seed: int) -> str | None:
+        """With ``pretrain_steps``: the backbone pretrained on the dataset's 2D labels (its weights file)."""
+        c = self.cfg
+        if not c["pretrain_steps"]:
+            return None
+        t = PretrainBackbone(dataset=dataset.output().path, out=str(self.out / "pretrain"), backbone=c["backbone"],
+                             steps=c["pretrain_steps"], batch_size=c["batch_size"] * 2, lr=1e-3, seed=seed,
+                             confidence="raw", checkpoint_every=max(1, min(250, c["pretrain_steps"])))
+        self.build([t], "2D pretraining of the backbone")
+        return t.output().path
+
     def train(self, dataset: PrepareDataset, seed: int, val: PrepareDataset | None) -> dict:
         c = self.cfg
+        weights = self.pretrain(dataset, seed)
         params = dict(dataset=dataset.output().path, out=str(self.out / "runs"), backbone=c["backbone"],
                       steps=c["steps"], batch_size=c["batch_size"], lr=c["lr"], seed=seed, use_extrinsics=True,
                       checkpoint_every=max(1, min(250, c["steps"])), confidence="raw",
                       validate_every=c["validate_every"] if val is not None else 0,
                       **({"val_dataset": val.output().path, "val_split": "train"} if val is not None else {}))
+        if weights:
+            params["backbone_weights"] = weights
         params.update(self.options)
         return params
 
@@ -276,12 +290,14 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=None, help="frames per capture (default 24)")
     ap.add_argument("--keyframe-every", type=int, default=None, help="training data: a key pose every N frames")
     ap.add_argument("--pose-prior", choices=("default", "wide"), default=None, help="training data: pose prior")
+    ap.add_argument("--pretrain-steps", type=int, default=None,
+                    help="pretrain the backbone on the training data's 2D labels this many steps first (default 0)")
     ap.add_argument("--train", nargs="*", default=[], metavar="OPTION=VALUE", help="TrainModel options")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a smoke run of the same graph (tiny captures, 4 steps)")
     args = ap.parse_args(argv)
     cfg = dict(DEFAULT, **(QUICK if args.quick else {}))
-    for k in ("steps", "frames", "keyframe_every", "pose_prior"):
+    for k in ("steps", "frames", "keyframe_every", "pose_prior", "pretrain_steps"):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
     rungs = [int(r) for r in args.rungs.split(",") if r.strip()]
@@ -302,6 +318,7 @@ def main(argv=None) -> int:
         res["options"] = options
         res["data"] = {k: cfg[k] for k in ("cameras", "frames", "image_size", "crop_size", "keyframe_every",
                                             "pose_prior")}
+        res["pretrain_steps"] = cfg["pretrain_steps"]
         results[f"rung{r}"] = res
         log(f"rung {r}: {json.dumps(_headline(res))}")
     if not args.quick:
@@ -317,7 +334,8 @@ def _headline(res: dict) -> dict:
         return {k: (r[k]["mean"] if isinstance(r.get(k), dict) else r.get(k)) for k in
                 ("single", "interaction", "fusion", "untrained_single", "untrained_fusion", "constant", "ransac",
                  "nmpjpe_fusion", "orientation_deg_median_single", "orientation_deg_median_fusion")}
-    h = {"pass": res.get("pass"), "minutes": res.get("minutes"), "cpu_kind": res.get("hardware", {}).get("cpu_kind")}
+    h = {"pass": res.get("pass"), "minutes": res.get("minutes"), "cpu_kind": res.get("hardware", {}).get("cpu_kind"),
+         "options": res.get("options"), "pretrain_steps": res.get("pretrain_steps"), "data": res.get("data")}
     if "per_capture" in res:
         h["milestone"] = res.get("milestone")
         h.update({k: means(v) for k, v in res["per_capture"].items()})

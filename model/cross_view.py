@@ -142,9 +142,11 @@ class CrossViewInteraction(nn.Module):
         self.cva = nn.ModuleList(CrossViewAttention(dim, num_heads) for _ in range(num_layers))
         self.vsf = nn.ModuleList(ViewSharedFusion(dim, dropout) for _ in range(num_layers))
 
-    def forward(self, g: torch.Tensor, view_mask: torch.Tensor, trace: bool = False) -> CrossViewOutput:
-        """g (B, V·21, D), view_mask (B, V) bool (True = valid) → :class:`CrossViewOutput`."""
-        keep = self.view_keep_prob if self.training else 1.0
+    def forward(self, g: torch.Tensor, view_mask: torch.Tensor, trace: bool = False,
+                view_keep_prob: float | None = None) -> CrossViewOutput:
+        """g (B, V·21, D), view_mask (B, V) bool (True = valid) → :class:`CrossViewOutput`.
+        ``view_keep_prob``: this call's view-masking keep probability in training (None: the module's)."""
+        keep = (self.view_keep_prob if view_keep_prob is None else view_keep_prob) if self.training else 1.0
         attn_mask = token_attention_mask(view_access(view_mask, keep), self.num_heads)
         pool_mask = pool_views(view_mask, keep)
         layers = []

@@ -81,8 +81,10 @@ class HaMuCo(nn.Module):
         return self.single_view.hand_model
 
     def forward(self, images: torch.Tensor, view_mask: Optional[torch.Tensor] = None,
-                trace: bool = False) -> HaMuCoOutput:
-        """images (B, V, 3, H, W), view_mask (B, V) bool (None: all valid) → :class:`HaMuCoOutput`."""
+                trace: bool = False, view_keep_prob: Optional[float] = None) -> HaMuCoOutput:
+        """images (B, V, 3, H, W), view_mask (B, V) bool (None: all valid) → :class:`HaMuCoOutput`.
+        ``view_keep_prob``: the cross-view branch's view-masking keep probability for this call in
+        training (None: the one the network was built with)."""
         if images.dim() != 5:
             raise HamucoError(f"images must be (B, V, 3, H, W), got shape {tuple(images.shape)}")
         b, v = images.shape[:2]
@@ -110,7 +112,7 @@ class HaMuCo(nn.Module):
 
         graph = self.graph_features(single, features)
         g = graph.concat.reshape(b, v * NUM_JOINTS, -1)
-        cross = self.cross_view(g, view_mask, trace=trace)
+        cross = self.cross_view(g, view_mask, trace=trace, view_keep_prob=view_keep_prob)
 
         reg = self.joint_regression(cross.graph.reshape(b * v, NUM_JOINTS, -1))  # (B·V, 21, 32)
         flat = reg.flatten(1)  # (B·V, 672)

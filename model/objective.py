@@ -55,12 +55,27 @@ class HaMuCoObjective:
     points: str = "mesh"
     distill_to: str = "fused"
     single_view_only: bool = False  # ablation: only the single-view branch's terms (no cross-view branch)
+    # view masking in the cross-view branch: None keeps the network's keep probability (0.5; off = 1.0 in the
+    # official code); with view_keep_anneal_steps > 0 it rises linearly from view_keep_prob to 1 over those steps
+    view_keep_prob: float | None = None
+    view_keep_anneal_steps: int = 0
+
+    def keep_probability(self, step: int) -> float | None:
+        """The view-masking keep probability at ``step`` (None: the network's own)."""
+        if self.view_keep_prob is None:
+            return None
+        if self.view_keep_anneal_steps <= 0:
+            return self.view_keep_prob
+        u = min(1.0, max(0.0, step / self.view_keep_anneal_steps))
+        return self.view_keep_prob + (1.0 - self.view_keep_prob) * u
 
     def __post_init__(self) -> None:
         if self.points not in POINTS:
             raise HamucoError(f"points must be one of {', '.join(POINTS)}, not {self.points!r}")
         if self.distill_to not in DISTILL_TARGETS:
             raise HamucoError(f"distill_to must be one of {', '.join(DISTILL_TARGETS)}, not {self.distill_to!r}")
+        if self.view_keep_prob is not None and not 0.0 < self.view_keep_prob <= 1.0:
+            raise HamucoError(f"view_keep_prob must be in (0, 1], not {self.view_keep_prob}")
 
     def labels(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(keypoints (B, V, 21, 2) crop pixels, confidence (B, V, 21)) the 2D losses use."""
@@ -79,7 +94,8 @@ class HaMuCoObjective:
     def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> dict:
         images, mask = batch["images"], batch["view_mask"].bool()
         B, V = mask.shape
-        out = model(images, mask)
+        keep = self.keep_probability(step)
+        out = model(images, mask) if keep is None else model(images, mask, view_keep_prob=keep)
         size = images.shape[-1]
         keypoints, conf = self.labels(batch)
         labels = pixels_to_normalized(keypoints, size)

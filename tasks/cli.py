@@ -132,7 +132,8 @@ def _train(args: argparse.Namespace) -> int:
     for name in ("backbone", "steps", "backbone_weights", "batch_size", "hand_model", "lr", "seed", "precision",
                  "checkpoint_every", "confidence", "weak_camera", "gamma", "points", "distill_to",
                  "aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob", "initial_orientation",
-                 "cross_view_warmup", "validate_every", "val_dataset", "val_samples"):
+                 "cross_view_warmup", "validate_every", "val_dataset", "val_samples", "view_keep_prob",
+                 "view_keep_anneal_steps"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -486,6 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "turned upright as cameras see a raised hand")
     p.add_argument("--cross-view-warmup", type=int, default=None, metavar="STEPS",
                    help="consistency and distillation ramp up from 0 over these steps (default 0, official)")
+    p.add_argument("--view-keep-prob", type=float, default=None,
+                   help="view masking in the cross-view branch: probability of keeping each other view "
+                   "(default 0.5; 1 = off, the official code)")
+    p.add_argument("--view-keep-anneal-steps", type=int, default=None, metavar="STEPS",
+                   help="the keep probability rises linearly to 1 over these steps (default 0: constant)")
     p.add_argument("--validate-every", type=int, default=None, metavar="N",
                    help="validation pass every N steps on frames training never uses (default 100; 0 off): "
                    "validation.jsonl, TensorBoard event files, checkpoint-best.pt")

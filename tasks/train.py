@@ -32,7 +32,8 @@ class DatasetIndex(luigi.ExternalTask):
 
 AUGMENTATION_OPTIONS = ("aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob")
 # options added after runs were named by their parameters: at these values a run keeps the name it had
-NEUTRAL_OPTIONS = {"initial_orientation": "identity", "cross_view_warmup": "0"}
+NEUTRAL_OPTIONS = {"initial_orientation": "identity", "cross_view_warmup": "0", "view_keep_prob": "0.5",
+                   "view_keep_anneal_steps": "0"}
 # what a validation pass watches does not change the trained weights: not part of the run's name
 VALIDATION_OPTIONS = ("validate_every", "val_dataset", "val_split", "val_samples")
 
@@ -83,6 +84,10 @@ class TrainModel(HamucoTask):
                                                 "rest pose (official) or turned upright as cameras see a raised hand")
     cross_view_warmup = luigi.IntParameter(default=0, description="steps over which consistency and distillation "
                                            "ramp up from 0 (0: from the start, official)")
+    view_keep_prob = luigi.FloatParameter(default=0.5, description="view masking in the cross-view branch: "
+                                          "probability of keeping each other view (1: off, the official code)")
+    view_keep_anneal_steps = luigi.IntParameter(default=0, description="the keep probability rises linearly to 1 "
+                                                "over these steps (0: constant)")
     validate_every = luigi.IntParameter(default=100, description="a validation pass every N steps on frames "
                                         "training never uses (0: none); validation.jsonl, TensorBoard, "
                                         "checkpoint-best.pt")
@@ -97,7 +102,8 @@ class TrainModel(HamucoTask):
               "weight_decay": in_range(0, 10), "checkpoint_every": at_least(1), "seed": in_range(0, 2**32 - 1),
               "num_workers": in_range(0, 64), "consistency_weight": in_range(0, 1e6),
               "distillation_weight": in_range(0, 1e6), "alpha": in_range(0, 1e6), "gamma": in_range(0, 1e6),
-              "cross_view_warmup": at_least(0), "validate_every": at_least(0), "val_samples": at_least(1)}
+              "cross_view_warmup": at_least(0), "view_keep_prob": (lambda v: v is not None and 0 < v <= 1, "in (0, 1]"),
+              "view_keep_anneal_steps": at_least(0), "validate_every": at_least(0), "val_samples": at_least(1)}
 
     def requires(self):
         return DatasetIndex(path=self.dataset)
@@ -176,7 +182,8 @@ class TrainModel(HamucoTask):
                                         if validation else "none: the validation split has no usable sample")
         objective = HaMuCoObjective(weights, use_extrinsics=self.use_extrinsics,
                                     weak_supervision=self.weak_camera is not None, points=self.points,
-                                    distill_to=self.distill_to, single_view_only=self.branches == "single")
+                                    distill_to=self.distill_to, single_view_only=self.branches == "single",
+                                    view_keep_prob=self.view_keep_prob, view_keep_anneal_steps=self.view_keep_anneal_steps)
         Trainer(model, data, objective, cfg, self.run_dir, architecture, provenance, validation).train(resume=True)
 
 
