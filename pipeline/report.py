@@ -130,13 +130,32 @@ def skeleton_3d_figure(pred: np.ndarray, gt: np.ndarray, title: str) -> str:
     return _png(fig)
 
 
+VALIDATION_PANELS = ("label_signal", "label_2d_px/interaction", "cross_view_mm", "pa_mpjpe_mm/single",
+                     "pa_mpjpe_mm/fusion")
+
+
 def training_figure(metrics_jsonl: Path) -> Optional[str]:
+    """The training losses per step and, where the run has a ``validation.jsonl`` beside it, the
+    validation signals on held-out frames (the step of checkpoint-best.pt marked)."""
     rows = [json.loads(x) for x in metrics_jsonl.read_text().splitlines() if x.strip()]
     if not rows:
         return None
     keys = [k for k in ("total", "joint_2d/single", "joint_2d/interaction", "consistency", "distillation")
             if k in rows[0]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.4), squeeze=False)
+    val_path = Path(metrics_jsonl).parent / "validation.jsonl"
+    val = [json.loads(x) for x in val_path.read_text().splitlines() if x.strip()] if val_path.exists() else []
+    vkeys = [k for k in VALIDATION_PANELS if val and any(np.isfinite(r.get(k, np.nan)) for r in val)]
+    ncol = len(keys) + len(vkeys)
+    fig, axes = plt.subplots(1, ncol, figsize=(2.6 * ncol, 2.4), squeeze=False)
+    for ax, k in zip(axes[0][len(keys):], vkeys):
+        ax.plot([r["step"] for r in val], [r.get(k, np.nan) for r in val], color="#2b8a3e", marker="o", ms=2.5, lw=1)
+        best = [r["step"] for r in val if r.get("best")]
+        if best:
+            ax.axvline(best[-1], color="k", ls=":", lw=0.8)
+        ax.set_title(f"held-out: {k}", fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
     steps = np.array([r.get("step", i + 1) for i, r in enumerate(rows)])
     w = max(1, len(rows) // 50)
     for ax, k in zip(axes[0], keys):

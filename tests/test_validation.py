@@ -148,3 +148,22 @@ def test_train_task_writes_validation_and_event_files(tiny_checkpoint):
     assert sorted(scalars(run, f"validation/{LABEL_SIGNAL}")) == [2]
     prov = load_checkpoint(run / CHECKPOINT_FINAL)["provenance"]["validation"]
     assert prov["split"] == "val" and prov["samples"] == 1 and prov["ground_truth"] is True
+
+
+def test_report_draws_the_validation_curves_beside_the_losses(tiny_checkpoint, tmp_path):
+    import base64
+    import shutil
+
+    import cv2
+
+    from pipeline.report import training_figure
+
+    def width(metrics):
+        uri = training_figure(metrics)
+        png = base64.b64decode(uri.split(",", 1)[1])
+        return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).shape[1]
+
+    alone = tmp_path / "metrics.jsonl"
+    shutil.copy(tiny_checkpoint.parent / "metrics.jsonl", alone)
+    # the tiny run's validation has label signals and ground truth: five more panels than the losses alone
+    assert width(tiny_checkpoint.parent / "metrics.jsonl") > 1.8 * width(alone)
