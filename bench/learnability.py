@@ -130,7 +130,9 @@ class Ladder:
         kw = dict(dataset=dataset.output().path, split=split, out=str(self.out / "tables"))
         if train is None:
             t = NetworkFrameErrors(backbone=self.cfg["backbone"], init_seed=seed,
-                                   initial_orientation=self.options.get("initial_orientation", "identity"), **kw)
+                                   initial_orientation=self.options.get("initial_orientation", "identity"),
+                                   articulation=self.options.get("articulation", "full"),
+                                   pca_components=self.options.get("pca_components", 12), **kw)
         else:
             t = NetworkFrameErrors(train=train, **kw)
         self.build([t], "network table" if train else "untrained network table")

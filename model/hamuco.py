@@ -25,8 +25,8 @@ from .cross_view import CrossViewInteraction
 from .errors import HamucoError
 from .graph_features import GraphFeatures, ViewSharedGraphFeatures, graph_feature_dim
 from .hand_model import NUM_JOINTS, HandModel
-from .single_view import (MLP, NUM_CAM, NUM_POSE_JOINTS, MeshOutput, SingleViewNet, SingleViewOutput,
-                          camera_from_raw, decode_mesh, init_cam_head, init_pose_head)
+from .single_view import (MLP, NUM_CAM, MeshOutput, SingleViewNet, SingleViewOutput, camera_from_raw, decode_mesh,
+                          init_cam_head)
 
 REGRESSION_DIM = 32
 
@@ -53,27 +53,31 @@ class HaMuCo(nn.Module):
     procedural hand. ``image_size``: the crop size the token width is built for (SAIGB flattens
     H4, whose size follows the input). ``initial_orientation``: the global orientation both pose
     heads start from (``"identity"``, the official code, or ``"upright"``; see
-    :data:`model.single_view.INITIAL_ORIENTATIONS`).
+    :data:`model.single_view.INITIAL_ORIENTATIONS`). ``articulation``: ``"full"`` (16 × 6 numbers, the
+    official code) or ``"pca"`` (``pca_components`` coefficients around the mean pose; both heads;
+    :class:`model.single_view.Articulation`).
     """
 
     def __init__(self, backbone_name: str = "resnet50", backbone_weights: Optional[str | os.PathLike] = "none",
                  hand_model: Optional[HandModel | str | os.PathLike] = None, image_size: int = 256,
                  num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1,
-                 view_keep_prob: float = 0.5, initial_orientation: str = "identity") -> None:
+                 view_keep_prob: float = 0.5, initial_orientation: str = "identity", articulation: str = "full",
+                 pca_components: int = 12) -> None:
         super().__init__()
         if not isinstance(hand_model, HandModel):
             hand_model = HandModel(hand_model)
         self.image_size = image_size
-        self.single_view = SingleViewNet(Backbone(backbone_name, backbone_weights), hand_model, initial_orientation)
+        self.single_view = SingleViewNet(Backbone(backbone_name, backbone_weights), hand_model, initial_orientation,
+                                         articulation, pca_components)
         channels = self.single_view.backbone.channels
         self.graph_features = ViewSharedGraphFeatures(channels)
         self.token_dim = graph_feature_dim(channels, image_size)
         self.cross_view = CrossViewInteraction(self.token_dim, num_layers, num_heads, dropout, view_keep_prob)
         self.joint_regression = MLP(self.token_dim, REGRESSION_DIM)
         flat = NUM_JOINTS * REGRESSION_DIM
-        self.pose_head = MLP(flat, NUM_POSE_JOINTS * 6)
+        self.pose_head = MLP(flat, self.single_view.articulation.raw_dim)
         self.cam_head = MLP(flat, NUM_CAM)
-        init_pose_head(self.pose_head, initial_orientation=initial_orientation)
+        self.single_view.articulation.init_head(self.pose_head, initial_orientation)
         init_cam_head(self.cam_head)
 
     @property
@@ -116,7 +120,7 @@ class HaMuCo(nn.Module):
 
         reg = self.joint_regression(cross.graph.reshape(b * v, NUM_JOINTS, -1))  # (B·V, 21, 32)
         flat = reg.flatten(1)  # (B·V, 672)
-        pose6d = self.pose_head(flat).view(b * v, NUM_POSE_JOINTS, 6)
+        pose6d = self.single_view.articulation(self.pose_head(flat))
         cam = camera_from_raw(self.cam_head(flat))
         fused = MeshOutput(**decode_mesh(self.hand_model, pose6d, single.betas.detach(), cam))
 

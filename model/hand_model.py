@@ -102,6 +102,7 @@ class HandModel(nn.Module):
         self.side = side
         tips = data.pop("tip_vertex_ids")
         mean_pose = np.asarray(data.get("hands_mean", np.zeros(45)), dtype=np.float64).reshape(45)
+        self.hands_components = np.asarray(data.get("hands_components", np.eye(45)), dtype=np.float64).reshape(-1, 45)
         with contextlib.redirect_stdout(io.StringIO()):  # smplx prints a note about 10 betas
             self.layer = smplx.MANO(
                 model_path="", data_struct=Struct(**data), is_rhand=side == "right", use_pca=False,
@@ -152,6 +153,30 @@ class HandModel(nn.Module):
         tips = vertices[:, self.tip_vertex_ids]
         joints = torch.cat([mano_joints, tips], dim=1)[:, self.openpose_index]
         return HandOutput(vertices=vertices, joints=joints, mano_joints=mano_joints)
+
+    def articulation_basis(self, k: int, samples: int = 20000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean (45,), components (k, 45)): a hand pose ≈ mean + coefficients @ components.
+
+        A model file with its own PCA (MANO's ``hands_components``, ``hands_mean``) gives its first
+        ``k`` components around its mean pose. A model whose components are the identity (the
+        procedural hand, a MANO file without them) gets the PCA of ``samples`` plausible poses of its
+        anatomical joint model (:class:`model.hand_pose.HandPoseSpace`: both pose priors, within the
+        joint limits, drawn with ``seed``), so the same ``k`` means the same on every run."""
+        comps = self.hands_components
+        if comps.shape[0] >= k and not np.allclose(comps, np.eye(45)[: comps.shape[0]]):
+            return torch.as_tensor(self.mean_pose.double().numpy()), torch.as_tensor(comps[:k])
+        from .hand_pose import HandPoseSpace
+
+        rest = self.rest_joints().double().numpy()
+        right = rest * MIRROR if self.side == "left" else rest
+        space = HandPoseSpace(right)
+        rng = np.random.default_rng(seed)
+        poses = space.to_hand_pose(np.concatenate([space.sample(rng, samples // 2), space.sample_wide(rng, samples // 2)]))
+        if self.side == "left":
+            poses = mirror_axis_angle(poses)
+        mean = poses.mean(0)
+        _, _, vt = np.linalg.svd(poses - mean, full_matrices=False)
+        return torch.as_tensor(mean), torch.as_tensor(vt[:k])
 
     def rest_joints(self, betas: Optional[torch.Tensor] = None) -> torch.Tensor:
         """OpenPose joints (21, 3) of the flat rest pose for the given shape."""

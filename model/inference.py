@@ -52,8 +52,9 @@ def load_model(checkpoint: str | os.PathLike, hand_model: Optional[str | os.Path
     if arch.get("hand_model") and hm.sha256 != arch["hand_model"]:
         raise HamucoError(f"{path}: the checkpoint was trained with hand model sha256 {arch['hand_model'][:12]}…, "
                           f"but {hm.source} has sha256 {hm.sha256[:12]}…; pass the hand model it was trained with")
+    articulation, components = articulation_of(arch)
     model = HaMuCo(backbone_name=arch["backbone"], backbone_weights="none", hand_model=hm,
-                   image_size=int(arch["image_size"]))
+                   image_size=int(arch["image_size"]), articulation=articulation, pca_components=components)
     missing, unexpected = _state_dict_difference(model.state_dict(), ckpt["model"])
     if missing or unexpected:
         raise HamucoError(f"{path}: checkpoint does not match the {arch['backbone']} HaMuCo model: "
@@ -68,15 +69,32 @@ def load_model(checkpoint: str | os.PathLike, hand_model: Optional[str | os.Path
                    "step": (ckpt.get("state") or {}).get("step"), "precision": ckpt.get("precision")}
 
 
+def articulation_name(articulation: str = "full", pca_components: int = 12) -> Optional[str]:
+    """What a checkpoint's architecture records of the articulation: nothing for "full" (checkpoints
+    from before the option), ``"pca-K"`` for K principal components."""
+    return None if articulation == "full" else f"pca-{int(pca_components)}"
+
+
+def articulation_of(architecture: dict) -> tuple[str, int]:
+    """(articulation, components) of a checkpoint's architecture record."""
+    rec = architecture.get("articulation")
+    if rec is None:
+        return "full", 12
+    kind, _, k = str(rec).partition("-")
+    return kind, int(k)
+
+
 def initial_network(backbone: str, image_size: int, seed: int, backbone_weights: str = "none",
                     hand_model: Optional[str | os.PathLike | HandModel] = None,
-                    initial_orientation: str = "identity") -> HaMuCo:
+                    initial_orientation: str = "identity", articulation: str = "full",
+                    pca_components: int = 12) -> HaMuCo:
     """The network as a training run with ``seed`` starts it (``TrainModel`` builds its network
     here), in eval mode: the untrained reference of that run."""
     torch.manual_seed(int(seed))
     hm = hand_model if isinstance(hand_model, HandModel) else HandModel(hand_model)
     return HaMuCo(backbone_name=backbone, backbone_weights=backbone_weights, hand_model=hm,
-                  image_size=int(image_size), initial_orientation=initial_orientation).eval()
+                  image_size=int(image_size), initial_orientation=initial_orientation, articulation=articulation,
+                  pca_components=pca_components).eval()
 
 
 def initial_network_of(info: dict, hand_model: Optional[str | os.PathLike] = None) -> HaMuCo:
@@ -88,7 +106,7 @@ def initial_network_of(info: dict, hand_model: Optional[str | os.PathLike] = Non
         hand_model = _recorded_hand_model(params)
     return initial_network(arch["backbone"], int(arch["image_size"]), int(params["seed"]),
                            params.get("backbone_weights", "none"), hand_model,
-                           params.get("initial_orientation", "identity"))
+                           params.get("initial_orientation", "identity"), *articulation_of(arch))
 
 
 def _recorded_hand_model(params: dict) -> Optional[str]:

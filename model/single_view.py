@@ -26,7 +26,7 @@ from torch import nn
 
 from .backbone import Backbone
 from .hand_model import ROOT_JOINT, HandModel
-from .rotations import matrix_to_axis_angle, rot6d_to_matrix
+from .rotations import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix
 
 BBOX_3D_SIZE = 0.4  # metres; 3D coordinates are divided by BBOX_3D_SIZE / 2
 NUM_POSE_JOINTS = 16
@@ -72,6 +72,60 @@ def init_pose_head(head: MLP, num_joints: int = NUM_POSE_JOINTS, std: float = 1e
         bias = torch.tensor(IDENTITY_6D).repeat(num_joints)
         bias[:6] = torch.tensor(INITIAL_ORIENTATIONS[initial_orientation])
         head.last.bias.copy_(bias)
+
+
+ARTICULATIONS = ("full", "pca")
+
+
+class Articulation(nn.Module):
+    """A pose head's raw output → the 16 rotations in 6D form (N, 16, 6), global orientation first.
+
+    ``"full"`` (the official code): 16 × 6 numbers, each joint's rotation free. ``"pca"``: the global
+    orientation's 6 numbers and ``components`` coefficients of the articulation around the hand
+    model's mean pose in its principal components (:meth:`HandModel.articulation_basis`:
+    MANO's own PCA, or for the procedural hand the PCA of plausible poses of its joint model), as
+    many MANO pipelines predict a hand: fewer numbers to learn, poses near the plausible ones.
+    """
+
+    def __init__(self, hand_model: HandModel, mode: str = "full", components: int = 12) -> None:
+        super().__init__()
+        if mode not in ARTICULATIONS:
+            raise ValueError(f"articulation must be one of {', '.join(ARTICULATIONS)}, not {mode!r}")
+        self.mode = mode
+        self.components = int(components) if mode == "pca" else 0
+        if mode == "pca":
+            if not 1 <= self.components <= 45:
+                raise ValueError(f"PCA components must be 1..45, not {components}")
+            mean, basis = hand_model.articulation_basis(self.components)
+            self.register_buffer("mean", mean.float(), persistent=False)
+            self.register_buffer("basis", basis.float(), persistent=False)
+
+    @property
+    def raw_dim(self) -> int:
+        return NUM_POSE_JOINTS * 6 if self.mode == "full" else 6 + self.components
+
+    def init_head(self, head: MLP, initial_orientation: str = "identity", std: float = 1e-3) -> None:
+        """Near-zero last-layer weights; the biases give the initial pose (the rest pose turned as
+        ``initial_orientation`` says for "full", the mean pose for "pca")."""
+        if self.mode == "full":
+            init_pose_head(head, std=std, initial_orientation=initial_orientation)
+            return
+        if initial_orientation not in INITIAL_ORIENTATIONS:
+            raise ValueError(f"initial orientation must be one of {', '.join(INITIAL_ORIENTATIONS)}, "
+                             f"not {initial_orientation!r}")
+        nn.init.normal_(head.last.weight, std=std)
+        with torch.no_grad():
+            bias = torch.zeros(self.raw_dim)
+            bias[:6] = torch.tensor(INITIAL_ORIENTATIONS[initial_orientation])
+            head.last.bias.copy_(bias)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        n = raw.shape[0]
+        if self.mode == "full":
+            return raw.view(n, NUM_POSE_JOINTS, 6)
+        pose = self.mean.to(raw.dtype) + raw[:, 6:] @ self.basis.to(raw.dtype)  # (N, 45) axis-angle
+        joints6d = matrix_to_rot6d(axis_angle_to_matrix(pose.view(n, NUM_POSE_JOINTS - 1, 3)))
+        return torch.cat([raw[:, None, :6], joints6d], dim=1)
 
 
 def init_cam_head(head: MLP, scale: float = INIT_SCALE, std: float = 1e-3) -> None:
@@ -164,15 +218,17 @@ def decode_mesh(hand_model: HandModel, pose6d: torch.Tensor, betas: torch.Tensor
 class SingleViewNet(nn.Module):
     """Backbone → GAP(H4) → one MLP per output (θ 16×6, β 10, camera 3) → hand model."""
 
-    def __init__(self, backbone: Backbone, hand_model: HandModel, initial_orientation: str = "identity") -> None:
+    def __init__(self, backbone: Backbone, hand_model: HandModel, initial_orientation: str = "identity",
+                 articulation: str = "full", pca_components: int = 12) -> None:
         super().__init__()
         self.backbone = backbone
         self.hand_model = hand_model
+        self.articulation = Articulation(hand_model, articulation, pca_components)
         c = backbone.channels[-1]
-        self.pose_head = MLP(c, NUM_POSE_JOINTS * 6)
+        self.pose_head = MLP(c, self.articulation.raw_dim)
         self.shape_head = MLP(c, NUM_BETAS)
         self.cam_head = MLP(c, NUM_CAM)
-        init_pose_head(self.pose_head, initial_orientation=initial_orientation)
+        self.articulation.init_head(self.pose_head, initial_orientation)
         init_shape_head(self.shape_head)
         init_cam_head(self.cam_head)
 
@@ -184,7 +240,7 @@ class SingleViewNet(nn.Module):
 
     def decode(self, gap: torch.Tensor, features: tuple[torch.Tensor, ...] = ()) -> SingleViewOutput:
         n = gap.shape[0]
-        pose6d = self.pose_head(gap).view(n, NUM_POSE_JOINTS, 6)
+        pose6d = self.articulation(self.pose_head(gap))
         betas = self.shape_head(gap)
         cam = camera_from_raw(self.cam_head(gap))
         return SingleViewOutput(**decode_mesh(self.hand_model, pose6d, betas, cam), gap=gap,

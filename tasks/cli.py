@@ -133,7 +133,7 @@ def _train(args: argparse.Namespace) -> int:
                  "checkpoint_every", "confidence", "weak_camera", "gamma", "points", "distill_to",
                  "aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob", "initial_orientation",
                  "cross_view_warmup", "validate_every", "val_dataset", "val_samples", "view_keep_prob",
-                 "view_keep_anneal_steps"):
+                 "view_keep_anneal_steps", "articulation", "pca_components"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -487,6 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "turned upright as cameras see a raised hand")
     p.add_argument("--cross-view-warmup", type=int, default=None, metavar="STEPS",
                    help="consistency and distillation ramp up from 0 over these steps (default 0, official)")
+    p.add_argument("--articulation", choices=("full", "pca"), default=None,
+                   help="pose heads: 16 free rotations (default, official) or the global orientation and "
+                   "--pca-components coefficients around the mean pose")
+    p.add_argument("--pca-components", type=int, default=None, help="principal components of --articulation pca "
+                   "(default 12)")
     p.add_argument("--view-keep-prob", type=float, default=None,
                    help="view masking in the cross-view branch: probability of keeping each other view "
                    "(default 0.5; 1 = off, the official code)")

@@ -34,6 +34,8 @@ class NetworkFrameErrors(HamucoTask):
     init_seed = luigi.IntParameter(default=0, description="untrained network only")
     initial_orientation = luigi.ChoiceParameter(choices=["identity", "upright"], default="identity",
                                                 description="untrained network only")
+    articulation = luigi.ChoiceParameter(choices=["full", "pca"], default="full", description="untrained network only")
+    pca_components = luigi.IntParameter(default=12, description="untrained network only")
     batch_size = luigi.IntParameter(default=4)
     checks = {"batch_size": at_least(1)}
 
@@ -47,6 +49,8 @@ class NetworkFrameErrors(HamucoTask):
         what = dict(self.train) if self.train else {"untrained": self.backbone, "init_seed": self.init_seed}
         if not self.train and self.initial_orientation != "identity":  # identity: the name tables had before
             what["initial_orientation"] = self.initial_orientation
+        if not self.train and self.articulation != "full":
+            what["articulation"] = f"{self.articulation}-{self.pca_components}"
         h = version_hash(json.dumps(what, sort_keys=True, default=str), str(Path(self.dataset).resolve()), self.split,
                          *NETWORK_TABLE_VERSION)
         return luigi.LocalTarget(str(Path(self.out) / f"network-{self.split}-{h}.npz"))
@@ -64,7 +68,8 @@ class NetworkFrameErrors(HamucoTask):
         else:
             torch.manual_seed(self.init_seed)
             model = HaMuCo(self.backbone, image_size=int(load_index(self.dataset)["crop_size"]),
-                           initial_orientation=self.initial_orientation).eval()
+                           initial_orientation=self.initial_orientation, articulation=self.articulation,
+                           pca_components=self.pca_components).eval()
         save_frames(self.output().path, network_frame_errors(model, self.dataset, self.split, self.batch_size))
 
 

@@ -33,7 +33,7 @@ class DatasetIndex(luigi.ExternalTask):
 AUGMENTATION_OPTIONS = ("aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob")
 # options added after runs were named by their parameters: at these values a run keeps the name it had
 NEUTRAL_OPTIONS = {"initial_orientation": "identity", "cross_view_warmup": "0", "view_keep_prob": "0.5",
-                   "view_keep_anneal_steps": "0"}
+                   "view_keep_anneal_steps": "0", "articulation": "full"}
 # what a validation pass watches does not change the trained weights: not part of the run's name
 VALIDATION_OPTIONS = ("validate_every", "val_dataset", "val_split", "val_samples")
 
@@ -82,6 +82,10 @@ class TrainModel(HamucoTask):
     initial_orientation = luigi.ChoiceParameter(choices=["identity", "upright"], default="identity",
                                                 description="global orientation the pose heads start from: the "
                                                 "rest pose (official) or turned upright as cameras see a raised hand")
+    articulation = luigi.ChoiceParameter(choices=["full", "pca"], default="full",
+                                         description="pose heads: 16 free rotations (official) or the global "
+                                         "orientation and pca_components coefficients around the mean pose")
+    pca_components = luigi.IntParameter(default=12, description="principal components of the pca articulation")
     cross_view_warmup = luigi.IntParameter(default=0, description="steps over which consistency and distillation "
                                            "ramp up from 0 (0: from the start, official)")
     view_keep_prob = luigi.FloatParameter(default=0.5, description="view masking in the cross-view branch: "
@@ -103,7 +107,7 @@ class TrainModel(HamucoTask):
               "num_workers": in_range(0, 64), "consistency_weight": in_range(0, 1e6),
               "distillation_weight": in_range(0, 1e6), "alpha": in_range(0, 1e6), "gamma": in_range(0, 1e6),
               "cross_view_warmup": at_least(0), "view_keep_prob": (lambda v: v is not None and 0 < v <= 1, "in (0, 1]"),
-              "view_keep_anneal_steps": at_least(0), "validate_every": at_least(0), "val_samples": at_least(1)}
+              "view_keep_anneal_steps": at_least(0), "pca_components": in_range(1, 45), "validate_every": at_least(0), "val_samples": at_least(1)}
 
     def requires(self):
         return DatasetIndex(path=self.dataset)
@@ -123,6 +127,8 @@ class TrainModel(HamucoTask):
         for name, neutral in NEUTRAL_OPTIONS.items():
             if params.get(name) == neutral:
                 params.pop(name)
+        if self.articulation == "full":
+            params.pop("pca_components", None)
         weights = Path(self.backbone_weights)
         if self.backbone_weights.lower() not in ("none", "", "imagenet") and weights.is_file():
             # a weights file is named by its content too: new pretrained weights at the same path, a new run
@@ -144,7 +150,7 @@ class TrainModel(HamucoTask):
     def run(self):
         import torch
 
-        from model.inference import initial_network
+        from model.inference import articulation_name, initial_network
         from model.losses import LossWeights
         from model.objective import HaMuCoObjective
         from model.precision import resolve_precision
@@ -161,9 +167,11 @@ class TrainModel(HamucoTask):
         # the run's initial network (initial_network seeds torch with the run's seed again, so an
         # evaluation can rebuild the untrained reference bit for bit)
         model = initial_network(self.backbone, size, self.seed, self.backbone_weights, self.hand_model,
-                                self.initial_orientation).train()
+                                self.initial_orientation, self.articulation, self.pca_components).train()
         architecture = {"model": "HaMuCo", "backbone": self.backbone, "image_size": size,
                         "hand_model": model.hand_model.sha256}
+        if articulation_name(self.articulation, self.pca_components):
+            architecture["articulation"] = articulation_name(self.articulation, self.pca_components)
         provenance = {"code_version": code_version(), "dataset": os.path.abspath(self.dataset),
                       "dataset_sha256": self.dataset_sha256(),
                       "params": self.to_str_params(), "skipped_samples": data.skipped_samples}

@@ -70,3 +70,60 @@ def test_options_change_a_run_name_only_when_on(tmp_path):
                                                          dict(cross_view_warmup=100), dict(view_keep_prob=1.0),
                                                          dict(view_keep_anneal_steps=100))}
     assert len(names) == 4 and plain not in names
+
+
+def test_procedural_hand_articulation_basis_spans_plausible_poses():
+    import numpy as np
+
+    from model.hand_model import HandModel
+    from model.hand_pose import HandPoseSpace
+
+    hand = HandModel(None)
+    mean, comps = hand.articulation_basis(12)
+    again_mean, again = hand.articulation_basis(12)
+    assert torch.equal(comps, again) and torch.equal(mean, again_mean)  # the same basis on every run
+    torch.testing.assert_close(comps @ comps.T, torch.eye(12, dtype=comps.dtype), atol=1e-8, rtol=0)
+    # poses the basis never saw (another seed) are reconstructed far better with 12 components than with 2
+    space = HandPoseSpace(hand.rest_joints().double().numpy())
+    poses = torch.as_tensor(space.to_hand_pose(space.sample_wide(np.random.default_rng(7), 500)))
+
+    def residual(k):
+        m, c = hand.articulation_basis(k)
+        centred = poses - m
+        return float((centred - (centred @ c.T) @ c).norm(dim=1).mean() / centred.norm(dim=1).mean())
+    assert residual(12) < 0.25 < residual(2)
+
+
+def test_mano_file_components_are_used_as_they_are():
+    from model.hand_model import HandModel
+
+    hand = HandModel(None)
+    q, _ = torch.linalg.qr(torch.randn(45, 45, dtype=torch.float64))
+    hand.hands_components = q.T.numpy()  # what a MANO file with its own PCA holds
+    _, comps = hand.articulation_basis(6)
+    torch.testing.assert_close(comps, q.T[:6])
+
+
+def test_pca_articulation_starts_at_the_mean_pose_and_trains_and_reloads(tiny_dataset, tmp_path):
+    import luigi
+
+    from model.inference import initial_network_of, load_model
+
+    torch.manual_seed(0)
+    net = HaMuCo("resnet18", image_size=64, articulation="pca", pca_components=8).eval()
+    assert net.single_view.pose_head.last.out_features == 6 + 8 == net.pose_head.last.out_features
+    with torch.no_grad():
+        out = net(torch.randn(1, 2, 3, 64, 64))
+    mean, _ = net.hand_model.articulation_basis(8)
+    assert mean.abs().max() > 0.3  # the mean pose is a bent hand, far from the rest pose the "full" heads start at
+    for mesh in (out.single, out.fused):
+        torch.testing.assert_close(mesh.pose_axis_angle[:, 3:], mean.float().expand(2, 45), atol=0.05, rtol=0)
+    task = TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), backbone="resnet18", steps=1, batch_size=1,
+                      articulation="pca", pca_components=8, validate_every=0)
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    model, info = load_model(task.output().path)
+    assert info["architecture"]["articulation"] == "pca-8" and model.single_view.articulation.components == 8
+    initial = initial_network_of(info)
+    assert initial.single_view.articulation.mode == "pca"
+    full = TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), backbone="resnet18", pca_components=8)
+    assert full.run_dir == TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), backbone="resnet18").run_dir
