@@ -152,14 +152,14 @@ def test_rotation_turns_the_camera_and_keeps_intrinsics_upper_triangular(index_p
 
 def test_augmentation_options_off_keep_the_draws_and_the_run_name(index_path, tmp_path):
     from pipeline.prepare import version_hash
-    from tasks.train import TrainModel
+    from tasks.train import NEUTRAL_OPTIONS, VALIDATION_OPTIONS, TrainModel
 
     a = ShardDataset(index_path, split="train", augmentation=Augmentation(), seed=3)[0]
     b = ShardDataset(index_path, split="train", augmentation=Augmentation(colour=0.0, rotation_deg=0.0), seed=3)[0]
     assert all(np.array_equal(a[k].numpy(), b[k].numpy(), equal_nan=a[k].is_floating_point()) for k in a)
     base = TrainModel(dataset=index_path, out=str(tmp_path), backbone="resnet18")
-    params = {k: v for k, v in base.to_str_params().items()
-              if k not in ("out", "num_workers") and not k.startswith("aug_")}
+    later = ("out", "num_workers", "pca_components") + VALIDATION_OPTIONS + tuple(NEUTRAL_OPTIONS)  # all off here
+    params = {k: v for k, v in base.to_str_params().items() if k not in later and not k.startswith("aug_")}
     assert base.run_dir.name == f"train-resnet18-{version_hash(params, base.dataset_sha256())}"  # as before
     rotated = TrainModel(dataset=index_path, out=str(tmp_path), backbone="resnet18", aug_rotation_deg=30)
     assert rotated.run_dir != base.run_dir and rotated.augmentation.rotation_deg == 30

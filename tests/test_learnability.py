@@ -1,0 +1,40 @@
+"""The learnability ladder's script (bench/learnability.py) on its smoke configuration."""
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+import learnability  # noqa: E402
+
+
+def test_quick_rung1_reports_every_figure(tmp_path, capsys):
+    assert learnability.main(["--quick", "--rungs", "1", "--out", str(tmp_path / "out"),
+                              "--train", "initial_orientation=upright"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    r1 = line["rung1"]
+    for key in ("single", "interaction", "fusion", "untrained_single", "constant", "nmpjpe_fusion",
+                "orientation_deg_median_single"):
+        assert isinstance(r1[key], float) and r1[key] >= 0, key
+    assert r1["options"] == {"initial_orientation": "upright"} and r1["pass"] in (True, False)
+    assert r1["cpu_kind"]
+    # the untrained reference starts from the same initial orientation as the trained run
+    tables = list((tmp_path / "out" / "tables").glob("network-train-*.npz"))
+    assert len(tables) == 2
+
+
+def test_results_merge_keeps_other_rungs_and_the_history(tmp_path):
+    path = tmp_path / "learnability.json"
+    learnability.merge_results(path, {"rung1": {"single": 1.0}}, {"date": "a", "rung1": {"single": 1.0}})
+    learnability.merge_results(path, {"rung2": {"single": 2.0}}, {"date": "b", "rung2": {"single": 2.0}})
+    data = json.loads(path.read_text())
+    assert data["rung1"] == {"single": 1.0} and data["rung2"] == {"single": 2.0}
+    assert [h["date"] for h in data["history"]] == ["a", "b"]
+
+
+def test_bad_train_option_is_refused(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit, match="OPTION=VALUE"):
+        learnability.main(["--quick", "--rungs", "1", "--train", "upright"])
