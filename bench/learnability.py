@@ -58,9 +58,9 @@ TESTS = {"ring-600": dict(seed=600, rig="ring", occluders=0), "dome-610-occluder
 
 DEFAULT = dict(cameras=8, frames=24, image_size=256, crop_size=64, frames_per_shard=8, steps=1500, batch_size=2,
                lr=1e-3, backbone="resnet18", seeds=(0, 1, 2), keyframe_every=15, pose_prior="default",
-               resamples=10_000, validate_every=100, pretrain_steps=0)
+               resamples=10_000, validate_every=100, pretrain_steps=0, captures=8)
 QUICK = dict(cameras=4, frames=3, image_size=128, crop_size=64, frames_per_shard=3, steps=4, batch_size=1,
-             seeds=(0, 1), resamples=200, validate_every=2)
+             seeds=(0, 1), resamples=200, validate_every=2, captures=2)
 
 
 def log(msg: str) -> None:
@@ -81,12 +81,17 @@ class Ladder:
         self.cfg, self.out, self.options, self.workers = cfg, out, train_options, workers
 
     # ------------------------------------------------------------------ tasks
-    def capture(self, name: str, **kw) -> SyntheticCapture:
+    def capture(self, name: str, training: bool = False, **kw) -> SyntheticCapture:
+        """A synthetic capture; the diversity settings (key-pose spacing, pose prior) apply to training
+        captures only: the validation and test captures stay the generator's defaults, so rungs run with
+        other training data are scored on the same frames."""
         c = self.cfg
         kw.setdefault("frames", c["frames"])
+        if training and (c["keyframe_every"], c["pose_prior"]) != (15, "default"):
+            kw.update(keyframe_every=c["keyframe_every"], pose_prior=c["pose_prior"])
+            name += f"-k{c['keyframe_every']}-{c['pose_prior']}"
         return SyntheticCapture(dest=str(self.out / "captures" / name), cameras=c["cameras"],
-                                image_size=c["image_size"], keyframe_every=c["keyframe_every"],
-                                pose_prior=c["pose_prior"], **kw)
+                                image_size=c["image_size"], **kw)
 
     def dataset(self, captures: list, labels: dict) -> PrepareDataset:
         c = self.cfg
@@ -191,8 +196,9 @@ def rung1(ladder: Ladder) -> dict:
 
 
 def _generalisation(ladder: Ladder, labels: dict, seeds: tuple, name: str) -> dict:
-    caps = [ladder.capture(f"train-ring-{s}", seed=s, rig="ring", occluders=0) for s in TRAIN_RING]
-    caps += [ladder.capture(f"train-dome-{s}", seed=s, rig="dome", occluders=2) for s in TRAIN_DOME]
+    ring, dome = training_seeds(ladder.cfg["captures"])
+    caps = [ladder.capture(f"train-ring-{s}", True, seed=s, rig="ring", occluders=0) for s in ring]
+    caps += [ladder.capture(f"train-dome-{s}", True, seed=s, rig="dome", occluders=2) for s in dome]
     val_cap = ladder.capture(f"val-ring-{VAL_SEED}", seed=VAL_SEED, rig="ring", occluders=0,
                              frames=max(3, ladder.cfg["frames"] // 2))
     test_caps = {k: ladder.capture(f"test-{k}", **kw) for k, kw in TESTS.items()}
@@ -212,11 +218,24 @@ def _generalisation(ladder: Ladder, labels: dict, seeds: tuple, name: str) -> di
                                                 ladder.cfg["resamples"]).to_json() for m in MODES}
     res["training_data"] = {"captures": len(caps), "frames": len(caps) * ladder.cfg["frames"],
                             "keyframe_every": ladder.cfg["keyframe_every"], "pose_prior": ladder.cfg["pose_prior"],
-                            "rigs": {"ring": len(TRAIN_RING), "dome_occluders": len(TRAIN_DOME)}}
+                            "rigs": {"ring": len(ring), "dome_occluders": len(dome)}}
     res["train"] = _public(runs[0])
     res["seeds"] = list(seeds)
     res["validation_curve"] = [_validation_log(tp) for tp in runs]
     return res
+
+
+def training_seeds(captures: int) -> tuple[list, list]:
+    """The training captures' seeds: three ring captures to one dome capture with occluders, the default 8
+    being 510-515 and 520-521; more continue each run of seeds (never reaching 550 or 600)."""
+    if not 2 <= captures <= 36:
+        raise SystemExit(f"learnability: --captures takes 2 to 36 training captures, got {captures}")
+    n_dome = max(1, round(captures / 4))
+    ring = [TRAIN_RING[0] + i for i in range(captures - n_dome)]
+    dome = [TRAIN_DOME[0] + i for i in range(n_dome)]
+    # the ring's seeds run on past the dome's: from 520 on they continue at 530
+    ring = [s if s < TRAIN_DOME[0] else s + 10 for s in ring]
+    return ring, dome
 
 
 def rung2(ladder: Ladder) -> dict:
@@ -290,6 +309,8 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default="results", help="directory of learnability.json")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default 1500)")
     ap.add_argument("--frames", type=int, default=None, help="frames per capture (default 24)")
+    ap.add_argument("--captures", type=int, default=None,
+                    help="training captures of rungs 2-3, three ring to one dome (default 8)")
     ap.add_argument("--keyframe-every", type=int, default=None, help="training data: a key pose every N frames")
     ap.add_argument("--pose-prior", choices=("default", "wide"), default=None, help="training data: pose prior")
     ap.add_argument("--pretrain-steps", type=int, default=None,
@@ -299,7 +320,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="a smoke run of the same graph (tiny captures, 4 steps)")
     args = ap.parse_args(argv)
     cfg = dict(DEFAULT, **(QUICK if args.quick else {}))
-    for k in ("steps", "frames", "keyframe_every", "pose_prior", "pretrain_steps"):
+    for k in ("steps", "frames", "keyframe_every", "pose_prior", "pretrain_steps", "captures"):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
     rungs = [int(r) for r in args.rungs.split(",") if r.strip()]
@@ -319,7 +340,7 @@ def main(argv=None) -> int:
         res["date"] = time.strftime("%Y-%m-%d")
         res["options"] = options
         res["data"] = {k: cfg[k] for k in ("cameras", "frames", "image_size", "crop_size", "keyframe_every",
-                                            "pose_prior")}
+                                            "pose_prior", "captures")}
         res["pretrain_steps"] = cfg["pretrain_steps"]
         results[f"rung{r}"] = res
         log(f"rung {r}: {json.dumps(_headline(res))}")

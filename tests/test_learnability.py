@@ -38,3 +38,17 @@ def test_bad_train_option_is_refused(capsys):
 
     with pytest.raises(SystemExit, match="OPTION=VALUE"):
         learnability.main(["--quick", "--rungs", "1", "--train", "upright"])
+
+
+def test_training_seeds_default_and_more_captures_never_touch_validation_or_test_seeds():
+    assert learnability.training_seeds(8) == ([510, 511, 512, 513, 514, 515], [520, 521])
+    held_out = {learnability.VAL_SEED} | {kw["seed"] for kw in learnability.TESTS.values()}
+    for n in (2, 8, 16, 36):
+        ring, dome = learnability.training_seeds(n)
+        seeds = ring + dome
+        assert len(seeds) == len(set(seeds)) == n and not set(seeds) & held_out
+        assert len(dome) == max(1, round(n / 4))
+    import pytest
+
+    with pytest.raises(SystemExit, match="2 to 36"):
+        learnability.training_seeds(40)
