@@ -106,7 +106,8 @@ class Ladder:
             return None
         t = PretrainBackbone(dataset=dataset.output().path, out=str(self.out / "pretrain"), backbone=c["backbone"],
                              steps=c["pretrain_steps"], batch_size=c["batch_size"] * 2, lr=1e-3, seed=seed,
-                             confidence="raw", checkpoint_every=max(1, min(250, c["pretrain_steps"])))
+                             confidence="raw", checkpoint_every=max(1, min(250, c["pretrain_steps"])),
+                             precision=self.options.get("precision", "auto"))  # as the training it feeds
         self.build([t], "2D pretraining of the backbone")
         return t.output().path
 
@@ -363,6 +364,8 @@ def _headline(res: dict) -> dict:
         h["milestone"] = res.get("milestone")
         h.update({k: means(v) for k, v in res["per_capture"].items()})
         h["own_frames"] = {m: res["own_frames"][m]["mean"] for m in MODES}
+        # the validation capture's last pass (first seed): what a recipe is chosen on, kept in the history
+        h["validation_last"] = next((c[-1] for c in res.get("validation_curve", []) if c), None)
     else:
         h.update(means(res))
     return h
