@@ -87,7 +87,7 @@ class Ladder:
         other training data are scored on the same frames."""
         c = self.cfg
         kw.setdefault("frames", c["frames"])
-        if training and (c["keyframe_every"], c["pose_prior"]) != (15, "default"):
+        if training and (c["keyframe_every"], c["pose_prior"]) != (DEFAULT["keyframe_every"], DEFAULT["pose_prior"]):
             kw.update(keyframe_every=c["keyframe_every"], pose_prior=c["pose_prior"])
             name += f"-k{c['keyframe_every']}-{c['pose_prior']}"
         return SyntheticCapture(dest=str(self.out / "captures" / name), cameras=c["cameras"],
@@ -232,11 +232,9 @@ def training_seeds(captures: int) -> tuple[list, list]:
     if not 2 <= captures <= 36:
         raise SystemExit(f"learnability: --captures takes 2 to 36 training captures, got {captures}")
     n_dome = max(1, round(captures / 4))
-    ring = [TRAIN_RING[0] + i for i in range(captures - n_dome)]
-    dome = [TRAIN_DOME[0] + i for i in range(n_dome)]
-    # the ring's seeds run on past the dome's: from 520 on they continue at 530
-    ring = [s if s < TRAIN_DOME[0] else s + 10 for s in ring]
-    return ring, dome
+    dome = list(range(TRAIN_DOME[0], TRAIN_DOME[0] + n_dome))
+    ring = [s for s in range(TRAIN_RING[0], VAL_SEED) if not TRAIN_DOME[0] <= s < TRAIN_DOME[0] + 10]
+    return ring[:captures - n_dome], dome
 
 
 def rung2(ladder: Ladder) -> dict:

@@ -3,6 +3,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -34,8 +36,6 @@ def test_results_merge_keeps_other_rungs_and_the_history(tmp_path):
 
 
 def test_bad_train_option_is_refused(capsys):
-    import pytest
-
     with pytest.raises(SystemExit, match="OPTION=VALUE"):
         learnability.main(["--quick", "--rungs", "1", "--train", "upright"])
 
@@ -48,7 +48,5 @@ def test_training_seeds_default_and_more_captures_never_touch_validation_or_test
         seeds = ring + dome
         assert len(seeds) == len(set(seeds)) == n and not set(seeds) & held_out
         assert len(dome) == max(1, round(n / 4))
-    import pytest
-
     with pytest.raises(SystemExit, match="2 to 36"):
         learnability.training_seeds(40)
