@@ -360,6 +360,8 @@ class Demo(HamucoTask):
     precision = luigi.ChoiceParameter(choices=["auto", "bf16", "fp32"], default="auto",
                                       description="training and evaluation (auto: bf16 where the CPU computes it "
                                       "natively, else fp32)")
+    train_options = luigi.DictParameter(default={}, description="further TrainModel options (e.g. "
+                                        "{\"articulation\": \"pca\"}); empty: TrainModel's defaults")
     checks = {"frames_per_shard": at_least(1), "train_steps": at_least(1), "batch_size": at_least(1),
               "crop_size": in_range(32, 2048), "lr": positive_finite()}
 
@@ -378,7 +380,7 @@ class Demo(HamucoTask):
         checkpoint = yield TrainModel(dataset=dataset.path, out=os.path.join(self.out, "training"),
                                       backbone=self.backbone, steps=self.train_steps, batch_size=self.batch_size,
                                       lr=self.lr, checkpoint_every=self.train_steps, use_extrinsics=True,
-                                      precision=self.precision)
+                                      precision=self.precision, **dict(self.train_options))
         from .evaluate import EvaluateModel
 
         evaluation = yield EvaluateModel(checkpoint=checkpoint.path, dataset=dataset.path,

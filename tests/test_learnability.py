@@ -50,3 +50,15 @@ def test_training_seeds_default_and_more_captures_never_touch_validation_or_test
         assert len(dome) == max(1, round(n / 4))
     with pytest.raises(SystemExit, match="2 to 36"):
         learnability.training_seeds(40)
+
+
+def test_pca_floor_falls_with_components_and_vanishes_at_the_generators_dimension(capsys):
+    import pca_floor
+
+    assert pca_floor.main(["--poses", "40", "--components", "0,6,12,20,30"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pa_mpjpe_mm"]
+    for prior in ("default", "wide"):
+        floor = [res[prior][k] for k in ("0", "6", "12", "20", "30")]
+        assert all(a > b for a, b in zip(floor[:4], floor[1:4])), floor  # every component added helps
+        assert floor[0] > 5.0  # the mean pose is far from the drawn poses
+        assert floor[-1] < 0.05  # the generator's 20 angles span <= 30 linear components (axis-angle ~ linear)
