@@ -35,7 +35,7 @@ def pca_floor(hand: HandModel, basis: tuple[torch.Tensor, torch.Tensor], poses: 
     betas = torch.zeros(len(poses), hand.num_betas, dtype=poses.dtype)
     with torch.no_grad():
         gt = hand(zeros, poses, betas).joints.numpy()
-        pred = hand(zeros, rec.to(poses.dtype), betas).joints.numpy()
+        pred = hand(zeros, rec, betas).joints.numpy()
     return float(1000 * np.mean(pa_mpjpe(pred, gt)))
 
 

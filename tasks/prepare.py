@@ -346,6 +346,12 @@ class PrepareDataset(_DetectParams, _LabelParams):
         write_json(Path(self.output().path), index)
 
 
+def _train_option_names() -> set[str]:
+    from .train import TrainModel  # (tasks.train imports this module)
+
+    return {name for name, _ in TrainModel.get_params()}
+
+
 class Demo(HamucoTask):
     """The main job on the embedded synthetic capture: generate, prepare, train briefly, evaluate, report."""
 
@@ -362,8 +368,13 @@ class Demo(HamucoTask):
                                       "natively, else fp32)")
     train_options = luigi.DictParameter(default={}, description="further TrainModel options (e.g. "
                                         "{\"articulation\": \"pca\"}); empty: TrainModel's defaults")
+    # TrainModel parameters the demo sets itself (its own parameters or fixed): not in train_options
+    SETS_ITSELF = ("dataset", "out", "backbone", "steps", "batch_size", "lr", "checkpoint_every", "use_extrinsics",
+                   "precision")
     checks = {"frames_per_shard": at_least(1), "train_steps": at_least(1), "batch_size": at_least(1),
-              "crop_size": in_range(32, 2048), "lr": positive_finite()}
+              "crop_size": in_range(32, 2048), "lr": positive_finite(),
+              "train_options": (lambda v: set(v) <= _train_option_names() - set(Demo.SETS_ITSELF),
+                                "TrainModel options other than " + ", ".join(SETS_ITSELF))}
 
     def requires(self):
         return SyntheticCapture(dest=os.path.join(self.out, "capture"))

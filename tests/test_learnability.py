@@ -62,3 +62,14 @@ def test_pca_floor_falls_with_components_and_vanishes_at_the_generators_dimensio
         assert all(a > b for a, b in zip(floor[:4], floor[1:4])), floor  # every component added helps
         assert floor[0] > 5.0  # the mean pose is far from the drawn poses
         assert floor[-1] < 0.05  # the generator's 20 angles span <= 30 linear components (axis-angle ~ linear)
+
+
+def test_demo_takes_training_options_but_refuses_unknown_ones_or_those_it_sets_itself():
+    from model.errors import HamucoError
+    from tasks.prepare import Demo
+
+    assert dict(Demo(out="unused", train_options={"articulation": "pca", "pca_components": 20}).train_options) == {
+        "articulation": "pca", "pca_components": 20}
+    for bad in ({"steps": 5}, {"no_such_option": 1}):
+        with pytest.raises(HamucoError, match="train_options .* must be TrainModel options other than dataset"):
+            Demo(out="unused", train_options=bad)
