@@ -20,6 +20,7 @@ DistributedDataParallel; rank 0 writes checkpoints and metrics.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -51,6 +52,10 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-2
     min_lr: float = 0.0  # cosine annealing to this
+    # "cosine": from lr to min_lr over the run (the default, as before the option existed); "constant";
+    # "warmup-cosine": linear from 0 to lr over lr_warmup_steps, then cosine to min_lr (make_scheduler)
+    lr_schedule: str = "cosine"
+    lr_warmup_steps: int = 0
     checkpoint_every: int = 100
     seed: int = 0
     num_workers: int = 0
@@ -104,6 +109,35 @@ def check_architecture(ckpt: dict, architecture: dict, path: Path) -> None:
                 if not isinstance(found, dict) or found.get(k) != architecture.get(k)}
         raise HamucoError(f"{path}: checkpoint from another architecture: "
                           + ", ".join(f"{k}: checkpoint {a!r}, model {b!r}" for k, (a, b) in sorted(diff.items())))
+
+
+LR_SCHEDULES = ("cosine", "constant", "warmup-cosine")
+
+
+def lr_factor(schedule: str, step: int, steps: int, warmup: int, min_ratio: float) -> float:
+    """The learning rate at ``step`` as a share of the configured one (pure: also what the tests check)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "warmup-cosine" and step < warmup:
+        return (step + 1) / (warmup + 1)  # never exactly 0: the first step already moves the weights
+    start = warmup if schedule == "warmup-cosine" else 0
+    u = min(1.0, max(0.0, (step - start) / max(steps - start, 1)))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * u))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: "TrainConfig"):
+    """The learning-rate schedule of ``config.lr_schedule``. "cosine" stays torch's CosineAnnealingLR (the
+    schedule every run had before the option existed: same numbers, old checkpoints resume)."""
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise HamucoError(f"unknown lr_schedule {config.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.steps, 1), eta_min=config.min_lr)
+    if config.lr_schedule == "warmup-cosine" and not 0 < config.lr_warmup_steps < config.steps:
+        raise HamucoError(f"warmup-cosine needs 0 < lr_warmup_steps < steps, got {config.lr_warmup_steps} "
+                          f"and {config.steps}")
+    ratio = config.min_lr / config.lr if config.lr > 0 else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+        lr_factor, config.lr_schedule, steps=config.steps, warmup=config.lr_warmup_steps, min_ratio=ratio))
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.01) -> torch.optim.Optimizer:
@@ -162,8 +196,7 @@ class Trainer:
         self.model = model
         self.ddp = torch.nn.parallel.DistributedDataParallel(model) if self.distributed else model
         self.optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(config.steps, 1),
-                                                                    eta_min=config.min_lr)
+        self.scheduler = make_scheduler(self.optimizer, config)
         self.state = TrainState()
         self._last_step: Optional[int] = None  # the step the file CHECKPOINT_LAST holds (None: unknown)
         if len(dataset) == 0:

@@ -133,7 +133,7 @@ def _train(args: argparse.Namespace) -> int:
                  "checkpoint_every", "confidence", "weak_camera", "gamma", "points", "distill_to",
                  "aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob", "initial_orientation",
                  "cross_view_warmup", "validate_every", "val_dataset", "val_samples", "view_keep_prob",
-                 "view_keep_anneal_steps", "articulation", "pca_components"):
+                 "view_keep_anneal_steps", "articulation", "pca_components", "lr_schedule", "lr_warmup_steps"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -497,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0.5; 1 = off, the official code)")
     p.add_argument("--view-keep-anneal-steps", type=int, default=None, metavar="STEPS",
                    help="the keep probability rises linearly to 1 over these steps (default 0: constant)")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant", "warmup-cosine"), default=None,
+                   help="learning-rate schedule (default cosine to 0 over the run)")
+    p.add_argument("--lr-warmup-steps", type=int, default=None, metavar="STEPS",
+                   help="linear warm-up of --lr-schedule warmup-cosine")
     p.add_argument("--validate-every", type=int, default=None, metavar="N",
                    help="validation pass every N steps on frames training never uses (default 100; 0 off): "
                    "validation.jsonl, TensorBoard event files, checkpoint-best.pt")

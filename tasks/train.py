@@ -15,6 +15,7 @@ from pathlib import Path
 
 import luigi
 
+from model.errors import HamucoError
 from pipeline.prepare import version_hash
 from pipeline.provenance import code_version
 
@@ -33,7 +34,8 @@ class DatasetIndex(luigi.ExternalTask):
 AUGMENTATION_OPTIONS = ("aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob")
 # options added after runs were named by their parameters: at these values a run keeps the name it had
 NEUTRAL_OPTIONS = {"initial_orientation": "identity", "cross_view_warmup": "0", "view_keep_prob": "0.5",
-                   "view_keep_anneal_steps": "0", "articulation": "full"}
+                   "view_keep_anneal_steps": "0", "articulation": "full", "lr_schedule": "cosine",
+                   "lr_warmup_steps": "0"}
 # what a validation pass watches does not change the trained weights: not part of the run's name
 VALIDATION_OPTIONS = ("validate_every", "val_dataset", "val_split", "val_samples")
 
@@ -92,6 +94,10 @@ class TrainModel(HamucoTask):
                                           "probability of keeping each other view (1: off, the official code)")
     view_keep_anneal_steps = luigi.IntParameter(default=0, description="the keep probability rises linearly to 1 "
                                                 "over these steps (0: constant)")
+    lr_schedule = luigi.ChoiceParameter(choices=["cosine", "constant", "warmup-cosine"], default="cosine",
+                                        description="learning-rate schedule: cosine to 0 over the run, constant, or "
+                                        "a linear warm-up over lr_warmup_steps then cosine")
+    lr_warmup_steps = luigi.IntParameter(default=0, description="steps of the warm-up of lr_schedule=warmup-cosine")
     validate_every = luigi.IntParameter(default=100, description="a validation pass every N steps on frames "
                                         "training never uses (0: none); validation.jsonl, TensorBoard, "
                                         "checkpoint-best.pt")
@@ -107,7 +113,14 @@ class TrainModel(HamucoTask):
               "num_workers": in_range(0, 64), "consistency_weight": in_range(0, 1e6),
               "distillation_weight": in_range(0, 1e6), "alpha": in_range(0, 1e6), "gamma": in_range(0, 1e6),
               "cross_view_warmup": at_least(0), "view_keep_prob": (lambda v: v is not None and 0 < v <= 1, "in (0, 1]"),
-              "view_keep_anneal_steps": at_least(0), "pca_components": in_range(1, 45), "validate_every": at_least(0), "val_samples": at_least(1)}
+              "view_keep_anneal_steps": at_least(0), "pca_components": in_range(1, 45), "validate_every": at_least(0), "val_samples": at_least(1),
+              "lr_warmup_steps": at_least(0)}
+
+    def check_parameters(self) -> None:
+        super().check_parameters()
+        if self.lr_schedule == "warmup-cosine" and not 0 < self.lr_warmup_steps < self.steps:
+            raise HamucoError(f"{self.task_family}: --lr-schedule warmup-cosine needs 0 < --lr-warmup-steps < "
+                              f"--steps, got {self.lr_warmup_steps} and {self.steps}")
 
     def requires(self):
         return DatasetIndex(path=self.dataset)
@@ -177,7 +190,8 @@ class TrainModel(HamucoTask):
                       "params": self.to_str_params(), "skipped_samples": data.skipped_samples}
         cfg = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                           checkpoint_every=self.checkpoint_every, seed=self.seed, num_workers=self.num_workers,
-                          precision=self.precision, channels_last=True, validate_every=self.validate_every)
+                          precision=self.precision, channels_last=True, validate_every=self.validate_every,
+                          lr_schedule=self.lr_schedule, lr_warmup_steps=self.lr_warmup_steps)
         weights = LossWeights(alpha=self.alpha, gamma=self.gamma, consistency=self.consistency_weight,
                               distillation=self.distillation_weight, cross_view_warmup=self.cross_view_warmup)
         validation = None

@@ -1,5 +1,6 @@
 """The trainer: exact resume after a kill, checkpoints, NaN stop, architecture check, torchrun DDP."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -169,3 +170,43 @@ def test_keep_freed_memory_in_process_applies_on_glibc_and_can_be_turned_off():
     glibc = platform.libc_ver()[0] == "glibc"
     assert outs["1"] == [str(glibc), "True"]  # applied where glibc is, and allocation still works
     assert outs["0"] == ["False", "True"]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "warmup-cosine"])
+def test_lr_schedules_follow_their_shape_and_resume_exactly(tmp_path, schedule):
+    """The learning rate each step logs follows the schedule's closed form (constant stays at lr;
+    warmup-cosine rises linearly for lr_warmup_steps, then falls to min_lr), and a run killed mid-way
+    and resumed ends with the weights of an uninterrupted one (the schedule's position is in the
+    checkpoint)."""
+    kw = dict(lr_schedule=schedule, lr_warmup_steps=4 if schedule == "warmup-cosine" else 0)
+    straight, _ = run(tmp_path / "a", 12, **kw)
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lrs) == 12
+    if schedule == "constant":
+        assert lrs == [pytest.approx(1e-2)] * 12
+    else:
+        rising, falling = lrs[:3], lrs[3:]
+        assert all(b > a for a, b in zip(rising, rising[1:])) and max(lrs) == pytest.approx(1e-2)
+        assert all(b < a for a, b in zip(falling, falling[1:])) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    run(tmp_path / "b", 12, until=7, **kw)
+    resumed, _ = run(tmp_path / "b", 12, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(),
+                                                  resumed.model.state_dict().values()))
+
+
+def test_lr_factor_closed_forms_and_the_default_schedule_is_unchanged(tmp_path):
+    from model.trainer import lr_factor
+
+    assert lr_factor("warmup-cosine", 0, 10, 4, 0.0) == pytest.approx(1 / 5)
+    assert lr_factor("warmup-cosine", 4, 10, 4, 0.0) == pytest.approx(1.0)
+    assert lr_factor("warmup-cosine", 7, 10, 4, 0.0) == pytest.approx(0.5)  # half-way through the cosine
+    assert lr_factor("warmup-cosine", 10, 10, 4, 0.1) == pytest.approx(0.1)
+    assert lr_factor("constant", 99, 10, 0, 0.0) == 1.0
+    # the default stays torch's CosineAnnealingLR: lr_k = lr/2 (1 + cos(pi k / steps)), logged after step k
+    run(tmp_path, 6)
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-2 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(1, 7)])
+    with pytest.raises(HamucoError, match="lr_warmup_steps"):
+        run(tmp_path / "bad", 6, lr_schedule="warmup-cosine", lr_warmup_steps=6)
+    with pytest.raises(HamucoError, match="unknown lr_schedule"):
+        run(tmp_path / "bad2", 6, lr_schedule="step")
