@@ -283,6 +283,20 @@ def _shards_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _option_values(items: list[str]) -> dict:
+    """``OPTION=VALUE`` pairs; a value that reads as JSON (a number, true, a list) is taken as such."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise HamucoError(f"--train-option takes OPTION=VALUE, got {item!r}")
+        try:
+            out[name.replace("-", "_")] = json.loads(value)
+        except ValueError:
+            out[name.replace("-", "_")] = value
+    return out
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pipeline.capture import load_capture
     from pipeline.synthetic import format_summary, summarize
@@ -292,7 +306,7 @@ def _demo(args: argparse.Namespace) -> int:
     from tasks.base import check_output_dir
 
     check_output_dir(args.out)
-    task = Demo(out=args.out, precision=args.precision)
+    task = Demo(out=args.out, precision=args.precision, train_options=_option_values(args.train_option))
     if not _run_luigi(args, [task], args.workers, args.scheduler_host, args.scheduler_port):
         return EXIT_INVALID
     capture_dir = Path(args.out) / "capture"
@@ -597,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="training and evaluation: auto (default) = bf16 autocast where the CPU computes bf16 "
                    "natively (AVX512_BF16/AMX), fp32 elsewhere")
+    p.add_argument("--train-option", action="append", default=[], metavar="OPTION=VALUE",
+                   help="a further training option (a TrainModel parameter, e.g. articulation=pca, "
+                   "pca_components=20, initial_orientation=upright); repeatable")
     _scheduler_options(p)
     p.set_defaults(func=_demo)
     return parser

@@ -73,3 +73,16 @@ def test_demo_takes_training_options_but_refuses_unknown_ones_or_those_it_sets_i
     for bad in ({"steps": 5}, {"no_such_option": 1}):
         with pytest.raises(HamucoError, match="train_options .* must be TrainModel options other than dataset"):
             Demo(out="unused", train_options=bad)
+
+
+def test_hamuco_demo_passes_train_options_and_refuses_bad_ones_before_any_work(tmp_path, capsys):
+    from tasks.cli import EXIT_USAGE, _option_values, main
+
+    assert _option_values(["articulation=pca", "pca-components=20", "cross_view_warmup=60"]) == {
+        "articulation": "pca", "pca_components": 20, "cross_view_warmup": 60}
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--train-option", "steps=5"]) == EXIT_USAGE
+    assert "train_options" in capsys.readouterr().err
+    assert main(["demo", "--out", str(out), "--train-option", "articulation"]) == EXIT_USAGE
+    assert "OPTION=VALUE, got 'articulation'" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was written
