@@ -277,6 +277,65 @@ def _validation_log(tp: dict) -> list:
 RUNGS = {1: rung1, 2: rung2, 3: rung3}
 
 
+def key_poses(frames: int, keyframe_every: int) -> int:
+    """Distinct key poses of one capture (``HandPoseSpace.sample_sequence`` draws this many)."""
+    return int(np.ceil(max(frames - 1, 1) / keyframe_every)) + 2
+
+
+def diversity(cfg: dict, out: Path, options: dict, counts: list[int], workers: int, plot: Path | None) -> dict:
+    """Rung 2 at equal compute (same steps, same recipe) for each number of training captures: every
+    capture brings its own hand shape, skin, background and rig, and its key poses. Runs already made
+    (the same captures, labels, options) are reused by Luigi."""
+    rows = []
+    for n in counts:
+        res = rung2(Ladder(dict(cfg, captures=n), out, options, workers))
+        td = res["training_data"]
+        rows.append({"captures": n, "hand_shapes": td["captures"], "rigs": td["rigs"], "frames": td["frames"],
+                     "key_poses": td["captures"] * key_poses(cfg["frames"], cfg["keyframe_every"]),
+                     "own_frames": {m: res["own_frames"][m]["mean"] for m in MODES},
+                     "validation_last": next((c[-1] for c in res.get("validation_curve", []) if c), None),
+                     **{k: {m: v[m]["mean"] for m in MODES + ("untrained_single", "constant", "nmpjpe_fusion")}
+                        for k, v in res["per_capture"].items()}})
+    result = {"steps": cfg["steps"], "options": options, "keyframe_every": cfg["keyframe_every"],
+              "pose_prior": cfg["pose_prior"], "pretrain_steps": cfg["pretrain_steps"], "rows": rows}
+    if plot is not None:
+        draw_diversity(result, plot)
+        result["plot"] = str(plot)
+    return result
+
+
+def draw_diversity(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    tests = [k for k in rows[0] if k in TESTS]
+    fig, axes = plt.subplots(1, len(tests) + 1, figsize=(4.2 * (len(tests) + 1), 3.6), sharey=True)
+    x = [r["key_poses"] for r in rows]
+    for ax, name in zip(axes, tests + ["own_frames"]):
+        for mode, style in zip(MODES, ("o-", "s--", "^-.")):
+            ax.plot(x, [r[name][mode] for r in rows], style, label=mode)
+        if name != "own_frames":
+            ax.plot(x, [r[name]["untrained_single"] for r in rows], "k:", label="untrained (single)")
+            ax.plot(x, [r[name]["constant"] for r in rows], color="grey", ls=(0, (1, 3)), label="constant pose")
+        ax.set_title(name if name != "own_frames" else "training frames")
+        ax.set_xscale("log")
+        ax.set_xticks(x, [f"{r['key_poses']}\n({r['captures']} capt.)" for r in rows])
+        ax.set_xlabel("distinct key poses (training captures)")
+    axes[0].set_ylabel("PA-MPJPE (mm)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"rung 2 at equal compute ({result['steps']} steps): held-out error against training diversity",
+                 fontsize=9)
+    fig.tight_layout()
+    from model.atomic import atomic_write_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
 def parse_options(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -315,6 +374,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrain-steps", type=int, default=None,
                     help="pretrain the backbone on the training data's 2D labels this many steps first (default 0)")
     ap.add_argument("--train", nargs="*", default=[], metavar="OPTION=VALUE", help="TrainModel options")
+    ap.add_argument("--diversity", default=None, metavar="N,N,...",
+                    help="rung 2 at equal compute for each number of training captures (key diversity), "
+                    "written as the 'diversity' key and learnability_diversity.png")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a smoke run of the same graph (tiny captures, 4 steps)")
     args = ap.parse_args(argv)
@@ -330,6 +392,14 @@ def main(argv=None) -> int:
     hw = hardware()
     log(f"hardware: {hw['cpu']}, auto precision {hw['auto_precision']}")
     results = {}
+    if args.diversity:
+        counts = sorted({int(n) for n in args.diversity.split(",") if n.strip()})
+        for n in counts:
+            training_seeds(n)  # a count out of range is refused before any work
+        plot = None if args.quick else Path(args.results) / "learnability_diversity.png"
+        results["diversity"] = diversity(cfg, Path(args.out), options, counts, args.workers, plot)
+        results["diversity"].update(hardware=hw, date=time.strftime("%Y-%m-%d"))
+        rungs = []
     for r in rungs:
         t0 = time.perf_counter()
         res = RUNGS[r](ladder)
@@ -343,11 +413,11 @@ def main(argv=None) -> int:
         res["pretrain_steps"] = cfg["pretrain_steps"]
         results[f"rung{r}"] = res
         log(f"rung {r}: {json.dumps(_headline(res))}")
+    heads = {k: (_headline(v) if k.startswith("rung") else v) for k, v in results.items()}
     if not args.quick:
         merge_results(Path(args.results) / "learnability.json", results,
-                      {"date": time.strftime("%Y-%m-%d %H:%M"), "options": options, "config": cfg,
-                       **{k: _headline(v) for k, v in results.items()}})
-    print(json.dumps({k: _headline(v) for k, v in results.items()}))
+                      {"date": time.strftime("%Y-%m-%d %H:%M"), "options": options, "config": cfg, **heads})
+    print(json.dumps(heads))
     return 0
 
 

@@ -86,3 +86,22 @@ def test_hamuco_demo_passes_train_options_and_refuses_bad_ones_before_any_work(t
     assert main(["demo", "--out", str(out), "--train-option", "articulation"]) == EXIT_USAGE
     assert "OPTION=VALUE, got 'articulation'" in capsys.readouterr().err
     assert not out.exists()  # refused before anything was written
+
+
+def test_quick_diversity_curve_counts_what_each_point_trained_on_and_draws_it(tmp_path):
+    cfg = dict(learnability.DEFAULT, **learnability.QUICK)
+    res = learnability.diversity(cfg, tmp_path / "out", {}, [2, 3], 1, tmp_path / "diversity.png")
+    rows = res["rows"]
+    assert [r["captures"] for r in rows] == [2, 3]
+    # 3 frames, a key pose every 15: 3 key poses per capture; three ring captures to one dome
+    assert [r["key_poses"] for r in rows] == [6, 9] and rows[1]["rigs"] == {"ring": 2, "dome_occluders": 1}
+    for r in rows:
+        for test in learnability.TESTS:
+            assert all(r[test][m] >= 0 for m in ("single", "fusion", "untrained_single", "constant"))
+    # each count its own training run; the test captures are the same frames for both
+    assert len(list((tmp_path / "out" / "runs").glob("train-*"))) == 2
+    assert rows[0]["ring-600"]["constant"] != rows[1]["ring-600"]["constant"]  # the mean of other training data
+    assert (tmp_path / "diversity.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="2 to 36"):
+        learnability.main(["--quick", "--diversity", "1,4", "--out", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
