@@ -27,6 +27,20 @@ dataset                dtype     shape                   meaning
 ``camera_names``       str       (V,)                    per shard
 ====================== ========= ======================= ==========================================
 
+Optional label versions beside the labeler's own (``pipeline/bootstrap.py``; all five present or none, the
+labeler's ``keypoints`` / ``confidence`` are never changed):
+
+=========================== ========= =============== =================================================
+``bootstrapped_keypoints``  float32   (N, V, 21, 2)   multi-view bootstrapped joints, crop pixels
+``bootstrapped_confidence`` float32   (N, V, 21)      their confidence
+``bootstrapped_view_valid`` bool      (N, V)          the view has bootstrapped labels (a crop exists)
+``bootstrap_source``        uint8     (N, V, 21)      0 the labeler's label kept, 1 replaced by the
+                                                      reprojection (disagreed), 2 filled (no label),
+                                                      3 nothing (no label and no 3D joint)
+``bootstrap_joints``        float32   (N, 21, 3)      world joints the reprojections come from
+                                                      (triangulated, smoothed over time if asked)
+=========================== ========= =============== =================================================
+
 The writer always stores ``extrinsics_known`` per sample, (N, V); the reader also accepts the (V,) form.
 Each optional ground-truth dataset is present when the shard's first sample has that field (all samples
 of a shard then must have it, or none).
@@ -112,7 +126,17 @@ _GT_FIELDS: dict[str, tuple[type, tuple]] = {
     "gt_joints_2d": (np.float32, ("V", _J, 2)),
     "gt_visibility": (np.bool_, ("V", _J)),
 }
-_ALL_FIELDS = {**_FIELDS, **_GT_FIELDS}
+_BOOTSTRAP_FIELDS: dict[str, tuple[type, tuple]] = {
+    "bootstrapped_keypoints": (np.float32, ("V", _J, 2)),
+    "bootstrapped_confidence": (np.float32, ("V", _J)),
+    "bootstrapped_view_valid": (np.bool_, ("V",)),
+    "bootstrap_source": (np.uint8, ("V", _J)),
+    "bootstrap_joints": (np.float32, (_J, 3)),
+}
+# optional groups: a shard has every field of a group for all its samples, or none
+_OPTIONAL_GROUPS = {"ground-truth": _GT_FIELDS, "bootstrapped-label": _BOOTSTRAP_FIELDS}
+_OPTIONAL_FIELDS = {**_GT_FIELDS, **_BOOTSTRAP_FIELDS}
+_ALL_FIELDS = {**_FIELDS, **_OPTIONAL_FIELDS}
 
 # attributes the caller passes (required / optional with default); the writer owns the rest
 _REQUIRED_ATTRS = ("labeler", "source_capture", "capture_hash", "handedness")
@@ -151,6 +175,11 @@ class ShardSample:
     gt_joints_world: Optional[np.ndarray] = None  # (21, 3) float32
     gt_joints_2d: Optional[np.ndarray] = None  # (V, 21, 2) float32, crop pixels
     gt_visibility: Optional[np.ndarray] = None  # (V, 21) bool
+    bootstrapped_keypoints: Optional[np.ndarray] = None  # (V, 21, 2) float32, crop pixels
+    bootstrapped_confidence: Optional[np.ndarray] = None  # (V, 21) float32
+    bootstrapped_view_valid: Optional[np.ndarray] = None  # (V,) bool
+    bootstrap_source: Optional[np.ndarray] = None  # (V, 21) uint8 (module table)
+    bootstrap_joints: Optional[np.ndarray] = None  # (21, 3) float32, world
 
     def equals(self, other: "ShardSample") -> bool:
         """Exact equality of every field (NaN equals NaN, dtypes must match)."""
@@ -331,21 +360,26 @@ class ShardWriter:
         where = f"{self.path}: sample {index} (frame {fid!r})"
         if fid in self._frame_ids:
             raise ShardError(f"{where}: frame id already in this shard")
-        present = {name: getattr(sample, name) is not None for name in _GT_FIELDS}
+        present = {name: getattr(sample, name) is not None for name in _OPTIONAL_FIELDS}
+        boot = [present[n] for n in _BOOTSTRAP_FIELDS]
+        if any(boot) and not all(boot):
+            raise ShardError(f"{where}: bootstrapped-label fields {sorted(n for n in _BOOTSTRAP_FIELDS if not present[n])} "
+                             f"missing; a sample has all of {sorted(_BOOTSTRAP_FIELDS)} or none")
         if self._gt_present is None:
             self._gt_present = present
-            for name, (dtype, template) in _GT_FIELDS.items():
+            for name, (dtype, template) in _OPTIONAL_FIELDS.items():
                 if present[name]:
                     self._create(name, dtype, _shape(template, self.num_views, self.crop_size))
         elif present != self._gt_present:
             diff = sorted(n for n in present if present[n] != self._gt_present[n])
-            raise ShardError(f"{where}: ground-truth field(s) {diff} present in some samples of the shard but "
-                             f"not in others; a shard has ground truth for all its samples or none")
+            group = next(g for g, fields in _OPTIONAL_GROUPS.items() if diff[0] in fields)
+            raise ShardError(f"{where}: {group} field(s) {diff} present in some samples of the shard but "
+                             f"not in others; a shard has them for all its samples or none")
         values = {}
         for name, (dtype, template) in _ALL_FIELDS.items():
             value = getattr(sample, name)
             if value is None:
-                if name in _GT_FIELDS:
+                if name in _OPTIONAL_FIELDS:
                     values[name] = None
                     continue
                 raise ShardError(f"{where}: field {name} is missing")
@@ -373,7 +407,7 @@ class ShardWriter:
             return
         f, n, k = self._h5, self._written, len(self._buffer)
         for name in _ALL_FIELDS:
-            if name in _GT_FIELDS and not self._gt_present[name]:
+            if name in _OPTIONAL_FIELDS and not self._gt_present[name]:
                 continue
             ds = f[name]
             ds.resize(n + k, axis=0)
@@ -494,7 +528,10 @@ def _structure(path: Path, f: h5py.File) -> dict:
         problems.append(f"frame_ids has {shapes['frame_ids'][0] if shapes['frame_ids'] else '?'} entries, "
                         f"expected {N}")
     gt = [n for n in _GT_FIELDS if n in f]
-    for name in list(_FIELDS) + gt:
+    boot = [n for n in _BOOTSTRAP_FIELDS if n in f]
+    if boot and len(boot) != len(_BOOTSTRAP_FIELDS):
+        problems.append(f"bootstrapped-label dataset(s) {sorted(set(_BOOTSTRAP_FIELDS) - set(boot))} missing")
+    for name in list(_FIELDS) + gt + boot:
         dtype, template = _ALL_FIELDS[name]
         expected = (N,) + _shape(template, V, S)
         got = shapes.get(name)
@@ -506,7 +543,7 @@ def _structure(path: Path, f: h5py.File) -> dict:
             problems.append(f"{name} has dtype {dtypes[name]}, expected {np.dtype(dtype)}")
     if problems:
         raise ShardError(f"{path}: inconsistent shard: {'; '.join(problems)}")
-    return {"samples": N, "views": V, "size": S, "gt": gt,
+    return {"samples": N, "views": V, "size": S, "gt": gt, "bootstrapped": bool(boot),
             "ext_known_per_sample": shapes["extrinsics_known"] == (N, V)}
 
 
@@ -516,7 +553,7 @@ class ShardReader:
     ``len(r)``, ``r[i] -> ShardSample`` (negative indices allowed), iteration, ``r.read_crops(i)`` (the
     fast path: the (V, S, S, 3) uint8 RGB crops only), ``r.attrs`` (root attributes, with
     ``labeler_params`` and ``provenance`` parsed from JSON), ``r.camera_names``, ``r.num_views``,
-    ``r.crop_size``, ``r.ground_truth_fields``; ``close()`` or use as a context manager.
+    ``r.crop_size``, ``r.ground_truth_fields``, ``r.has_bootstrapped_labels``; ``close()`` or use as a context manager.
 
     The constructor checks the schema name and version and the datasets' shapes, and raises
     :class:`ShardError` for an unreadable, truncated, incomplete or foreign file. The HDF5 file is
@@ -537,6 +574,7 @@ class ShardReader:
         self.num_views = layout["views"]
         self.crop_size = layout["size"]
         self.ground_truth_fields: list[str] = layout["gt"]
+        self.has_bootstrapped_labels: bool = layout["bootstrapped"]
         self._ext_known_per_sample = layout["ext_known_per_sample"]
         try:
             self.camera_names: list[str] = [str(c) for c in f["camera_names"].asstr()[()]]
@@ -650,7 +688,7 @@ class ShardReader:
                     values[name] = self._dataset(name)[()].copy()
                 else:
                     values[name] = self._dataset(name)[i]
-            for name in self.ground_truth_fields:
+            for name in self.ground_truth_fields + (list(_BOOTSTRAP_FIELDS) if self.has_bootstrapped_labels else []):
                 values[name] = self._dataset(name)[i]
         except ShardError:
             raise
@@ -739,6 +777,7 @@ def inspect_shard(path, block: int = 4096) -> dict:
             "crop_size": r.crop_size,
             "camera_names": list(r.camera_names),
             "ground_truth": list(r.ground_truth_fields),
+            "bootstrapped_labels": r.has_bootstrapped_labels,
             "crops_compression": compression,
             "attrs": dict(r.attrs),
             "statistics": stats,
