@@ -295,3 +295,115 @@ def bootstrap_capture(P: np.ndarray, frames: Sequence[dict], crop_size: int, par
     out = [bootstrap_frame(P, fr["keypoints"], fr["confidence"], np.asarray(fr["view_valid"], bool),
                            fr["crop_affine"], crop_size, joints[i], support[i], params) for i, fr in enumerate(frames)]
     return CaptureBootstrap(frames=out, rejected=rejected, smoothed_filled=filled)
+
+
+# ----------------------------------------------------------------------------- shards
+
+def bootstrap_shards(capture, shard_paths: Sequence, out_paths: Sequence, params: BootstrapParams,
+                     provenance: dict, progress: bool = True) -> dict:
+    """Write, for each shard of one capture (in frame order), a copy holding the bootstrapped label
+    version beside the labeler's labels (``bootstrapped_*`` fields; crops and every other field as they
+    were, except ``crop_K`` now also given for views with a crop that the labeler left empty, which the
+    bootstrapped version may use). Returns the capture's bootstrap statistics (:func:`bootstrap_statistics`).
+
+    An uncalibrated capture cannot be bootstrapped: its labels are copied as the bootstrapped version
+    (every label ``kept``), and the statistics say why."""
+    from tqdm import tqdm
+
+    from .crop import crop_intrinsics
+    from .shards import ShardReader, ShardSample, ShardWriter
+
+    readers = [ShardReader(p) for p in shard_paths]
+    try:
+        samples = [r[i] for r in readers for i in range(len(r))]
+        calibrated = all(c.has_intrinsics and c.has_extrinsics for c in capture.cameras)
+        V = readers[0].num_views if readers else 0
+        S = readers[0].crop_size if readers else 0
+        frames = [dict(keypoints=s.keypoints, confidence=s.confidence, view_valid=s.view_valid,
+                       crop_affine=s.crop_affine) for s in samples]
+        reason = None
+        if calibrated:
+            from .triangulate import projection_matrices
+
+            P = projection_matrices(np.stack([c.K for c in capture.cameras]), np.stack([c.R for c in capture.cameras]),
+                                    np.stack([c.t for c in capture.cameras]))
+            bar = tqdm(total=len(frames), desc=f"bootstrap {capture.name}", unit="frame", disable=not progress)
+            result = bootstrap_capture(P, frames, S, params, progress=lambda: bar.update(1))
+            bar.close()
+            boots, rejected, filled = result.frames, result.rejected, result.smoothed_filled
+        else:
+            reason = "the capture is not calibrated (intrinsics and extrinsics of every camera are needed)"
+            boots = [BootstrappedFrame(keypoints=s.keypoints.copy(), confidence=s.confidence.copy(),
+                                       view_valid=s.view_valid.copy(),
+                                       source=np.where(s.view_valid[:, None] & (s.confidence > 0), SOURCE_KEPT,
+                                                       SOURCE_NONE).astype(np.uint8),
+                                       joints=np.full((21, 3), np.nan, np.float32)) for s in samples]
+            rejected = filled = np.zeros((len(samples), 21), bool)
+        k = 0
+        for reader, out in zip(readers, out_paths):
+            attrs = {key: reader.attrs[key] for key in ("labeler", "source_capture", "capture_hash", "handedness",
+                                                        "code_version", "weights_sha256", "labeler_params")
+                     if key in reader.attrs}
+            attrs["provenance"] = dict(reader.attrs.get("provenance") or {}, bootstrap=provenance)
+            with ShardWriter(out, reader.camera_names, reader.crop_size, attrs) as w:
+                for _ in range(len(reader)):
+                    s, b = samples[k], boots[k]
+                    crop_K = s.crop_K.copy()
+                    for v in range(V):
+                        if (b.view_valid[v] and not np.all(np.isfinite(crop_K[v]))
+                                and capture.cameras[v].has_intrinsics):
+                            crop_K[v] = crop_intrinsics(capture.cameras[v].K, s.crop_affine[v])
+                    fields = {name: getattr(s, name) for name in s.__dataclass_fields__}
+                    fields.update(crop_K=crop_K, bootstrapped_keypoints=b.keypoints,
+                                  bootstrapped_confidence=b.confidence, bootstrapped_view_valid=b.view_valid,
+                                  bootstrap_source=b.source, bootstrap_joints=b.joints)
+                    w.add(ShardSample(**fields))
+                    k += 1
+        stats = bootstrap_statistics(capture.name, [r.camera_names for r in readers][0] if readers else [],
+                                     samples, boots)
+        stats.update(params=params.to_json(), calibrated=calibrated, reason=reason,
+                     smoothing={"rejected_joints": int(rejected.sum()), "filled_joints": int(filled.sum())})
+        return stats
+    finally:
+        for r in readers:
+            r.close()
+
+
+def _median(x: np.ndarray) -> Optional[float]:
+    x = x[np.isfinite(x)]
+    return round(float(np.median(x)), 3) if x.size else None
+
+
+def bootstrap_statistics(name: str, cameras: Sequence[str], samples: Sequence, boots: Sequence) -> dict:
+    """Per camera and overall: how many labels were kept, replaced, filled or left empty (views with a
+    crop), and, with 2D ground truth, the median 2D error (crop px) of the labeler's labels and of the
+    bootstrapped ones over the joints each version labels."""
+    V = len(cameras)
+    counts = np.zeros((V, 4), np.int64)
+    raw_err: list[list] = [[] for _ in range(V)]
+    boot_err: list[list] = [[] for _ in range(V)]
+    for s, b in zip(samples, boots):
+        has_crop = np.all(np.isfinite(s.crop_affine.reshape(V, -1)), axis=1)
+        for v in np.nonzero(has_crop)[0]:
+            counts[v] += np.bincount(b.source[v], minlength=4)[:4]
+            if s.gt_joints_2d is not None:
+                gt = s.gt_joints_2d[v]
+                if s.view_valid[v]:
+                    raw_err[v].append(np.where(s.confidence[v] > 0, np.linalg.norm(s.keypoints[v] - gt, axis=-1),
+                                               np.nan))
+                if b.view_valid[v]:
+                    boot_err[v].append(np.where(b.confidence[v] > 0, np.linalg.norm(b.keypoints[v] - gt, axis=-1),
+                                                np.nan))
+
+    def summary(c: np.ndarray, raw: list, boot: list) -> dict:
+        out = {SOURCE_NAMES[i]: int(c[i]) for i in range(4)}
+        if raw or boot:
+            r = np.concatenate(raw) if raw else np.array([])
+            bt = np.concatenate(boot) if boot else np.array([])
+            out.update(raw_median_px=_median(r), bootstrapped_median_px=_median(bt),
+                       raw_labelled_joints=int(np.isfinite(r).sum()), bootstrapped_labelled_joints=int(np.isfinite(bt).sum()))
+        return out
+
+    return {"capture": name, "frames": len(samples),
+            "per_camera": {cam: summary(counts[v], raw_err[v], boot_err[v]) for v, cam in enumerate(cameras)},
+            "all": summary(counts.sum(0), sum(raw_err, []), sum(boot_err, []))}

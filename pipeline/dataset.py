@@ -45,6 +45,8 @@ from model.inference import IMAGENET_MEAN, IMAGENET_STD
 
 from .shards import ShardReader, verify_shard
 
+# the label versions a shard can hold: the labeler's own, and the multi-view bootstrapped one (pipeline/bootstrap.py)
+LABEL_VERSIONS = ("raw", "bootstrapped")
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ def load_index(path: str | Path) -> dict:
     return index
 
 
-def check_dataset(path: str | Path, split: str = "train", weak_camera: Optional[str] = None) -> None:
+def check_dataset(path: str | Path, split: str = "train", weak_camera: Optional[str] = None,
+                  labels: str = "raw") -> None:
     """Open every shard of a split (schema, structure) and count its usable samples (and, for weak
     supervision, find the camera and its 2D ground truth), so that a command fails with a clear
     message before any task starts."""
@@ -98,7 +101,7 @@ def check_dataset(path: str | Path, split: str = "train", weak_camera: Optional[
         if not Path(shard).is_file():
             raise HamucoError(f"{shard}: shard listed in {path} ({split} split) not found")
         verify_shard(shard)
-    data = ShardDataset(path, split=split, weak_camera=weak_camera)
+    data = ShardDataset(path, split=split, weak_camera=weak_camera, labels=labels)
     if len(data) == 0:
         raise HamucoError(f"{path}: the {split} split has no sample with a valid view "
                           f"({data.skipped_samples} samples, every view invalid: see the quarantine report)")
@@ -109,9 +112,11 @@ class ShardDataset(Dataset):
 
     def __init__(self, source: str | Path | Sequence[str | Path], split: str = "train",
                  confidence: str = "refined", augmentation: Optional[Augmentation] = None, seed: int = 0,
-                 ground_truth: bool = False, weak_camera: Optional[str] = None):
+                 ground_truth: bool = False, weak_camera: Optional[str] = None, labels: str = "raw"):
         if confidence not in ("raw", "refined"):
             raise HamucoError(f"confidence must be 'raw' or 'refined', not {confidence!r}")
+        if labels not in LABEL_VERSIONS:
+            raise HamucoError(f"labels must be one of {', '.join(LABEL_VERSIONS)}, not {labels!r}")
         if isinstance(source, (str, Path)):
             index = load_index(source)
             if split not in index["split"]:
@@ -120,6 +125,13 @@ class ShardDataset(Dataset):
         else:
             paths = list(source)
         self.readers = [ShardReader(p) for p in paths]
+        if labels == "bootstrapped":
+            missing = [str(r.path) for r in self.readers if not r.has_bootstrapped_labels]
+            if missing:
+                raise HamucoError(f"{missing[0]}: no bootstrapped labels in this shard ({len(missing)} of "
+                                  f"{len(self.readers)} shards lack them); prepare the dataset with --bootstrap")
+        self.labels = labels
+        self._valid_field = "bootstrapped_view_valid" if labels == "bootstrapped" else "view_valid"
         self.confidence = confidence
         self.augmentation = augmentation
         self.seed = seed
@@ -127,7 +139,7 @@ class ShardDataset(Dataset):
         self.items: list[tuple[int, int]] = []
         self.skipped_samples = 0
         for ri, reader in enumerate(self.readers):
-            valid = reader.field("view_valid")
+            valid = reader.field(self._valid_field)
             for si in range(len(reader)):
                 if valid[si].any():
                     self.items.append((ri, si))
@@ -159,8 +171,13 @@ class ShardDataset(Dataset):
         s = self.readers[ri][si]
         V, S = s.crops.shape[0], s.crops.shape[1]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        conf = (s.refined_confidence if self.confidence == "refined" else s.confidence).astype(np.float32)
-        kp = s.keypoints.astype(np.float32)
+        if self.labels == "bootstrapped":  # they carry their own multi-view confidence (``confidence`` n/a)
+            conf, kp = s.bootstrapped_confidence.astype(np.float32), s.bootstrapped_keypoints.astype(np.float32)
+            view_valid = s.bootstrapped_view_valid
+        else:
+            conf = (s.refined_confidence if self.confidence == "refined" else s.confidence).astype(np.float32)
+            kp = s.keypoints.astype(np.float32)
+            view_valid = s.view_valid
         bad = ~np.all(np.isfinite(kp), axis=-1) | ~np.isfinite(conf)
         if bad.any():
             self.nan_labels += int(bad.sum())
@@ -203,7 +220,7 @@ class ShardDataset(Dataset):
             "images": torch.from_numpy(images[order].transpose(0, 3, 1, 2).copy()),
             "keypoints": torch.from_numpy(kp[order].copy()),
             "confidence": torch.from_numpy(conf[order].copy()),
-            "view_mask": torch.from_numpy(s.view_valid[order].copy()),
+            "view_mask": torch.from_numpy(view_valid[order].copy()),
             "crop_K": torch.from_numpy(crop_K[order].astype(np.float32)),
             "extrinsics": torch.from_numpy(extrinsics[order].astype(np.float32)),
             "extrinsics_known": torch.from_numpy(np.asarray(ext_known)[order].copy()),
@@ -217,7 +234,7 @@ class ShardDataset(Dataset):
         if self.weak_camera is not None:
             weak = np.full((V, 21, 2), np.nan, np.float32)
             cam = self.readers[ri].camera_names.index(self.weak_camera)
-            if s.view_valid[cam]:
+            if view_valid[cam]:
                 weak[cam] = gt2d[cam]
             item["weak_joints_2d"] = torch.from_numpy(weak[order].copy())
         return item

@@ -93,7 +93,8 @@ def _prepare(args: argparse.Namespace) -> int:
     params = {"captures": list(args.captures), "out": args.out, "labeler": args.labeler,
               "allow_external_paths": args.allow_external_paths}
     for name in ("frames_per_shard", "crop_size", "noise_sigma_px", "noise_outlier_rate", "noise_confidence",
-                 "openpose_precision"):
+                 "openpose_precision", "refine_threshold_px", "bootstrap", "bootstrap_disagree_px", "bootstrap_min_inliers", "smooth",
+                 "smooth_window", "smooth_outlier_mm"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     task = PrepareDataset(**params)  # parameters out of range are refused here, before any work
@@ -133,7 +134,8 @@ def _train(args: argparse.Namespace) -> int:
                  "checkpoint_every", "confidence", "weak_camera", "gamma", "points", "distill_to",
                  "aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob", "initial_orientation",
                  "cross_view_warmup", "validate_every", "val_dataset", "val_samples", "view_keep_prob",
-                 "view_keep_anneal_steps", "articulation", "pca_components", "lr_schedule", "lr_warmup_steps"):
+                 "view_keep_anneal_steps", "articulation", "pca_components", "lr_schedule", "lr_warmup_steps",
+                 "labels"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -142,7 +144,7 @@ def _train(args: argparse.Namespace) -> int:
     task = TrainModel(**params)  # parameters out of range are refused here, before any work
     check_output_dir(args.out)
     # a clear error (missing or unreadable shard, no sample, no such weak camera) before any task
-    check_dataset(args.dataset, "train", weak_camera=args.weak_camera)
+    check_dataset(args.dataset, "train", weak_camera=args.weak_camera, labels=args.labels or "raw")
     if not args.resume and task.run_dir.exists() and not Path(task.output().path).exists():
         import shutil
 
@@ -455,6 +457,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OpenPose: auto (default) and fast = this machine's fastest path (bf16 on a CPU with native "
                    "bf16, NNPACK fp32 on other CPUs, fp16 on a GPU; its own label version, bench/labels.py "
                    "measures the agreement), fp32 = the published algorithm")
+    p.add_argument("--refine-threshold-px", type=float, default=None, metavar="PX",
+                   help="RANSAC inlier threshold of the multi-view refinement and bootstrapping, image pixels "
+                   "(default 15; about 3x the labels' typical error)")
+    p.add_argument("--bootstrap", action="store_true", default=None,
+                   help="also write a multi-view bootstrapped label version beside the labeler's (calibrated "
+                   "captures: labels that disagree with the other views' triangulation are replaced by its "
+                   "reprojection, missing ones filled); train on it with hamuco train --labels bootstrapped")
+    p.add_argument("--bootstrap-disagree-px", type=float, default=None, metavar="PX",
+                   help="bootstrapping: replace a label farther than this from the reprojection (default 10)")
+    p.add_argument("--bootstrap-min-inliers", type=int, default=None, metavar="N",
+                   help="bootstrapping: views that must agree on a joint (default 3)")
+    p.add_argument("--smooth", action="store_true", default=None,
+                   help="bootstrapping: smooth the triangulated joints over each capture's frames first")
+    p.add_argument("--smooth-window", type=int, default=None, metavar="FRAMES", help="smoothing window (default 7)")
+    p.add_argument("--smooth-outlier-mm", type=float, default=None, metavar="MM",
+                   help="smoothing: reject a triangulated joint this far from its neighbours' fit (default 20)")
     p.add_argument("--workers", type=_int_at_least(1), default=1, help="Luigi worker processes on this machine")
     _scheduler_options(p)
     p.set_defaults(func=_prepare)
@@ -511,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0.5; 1 = off, the official code)")
     p.add_argument("--view-keep-anneal-steps", type=int, default=None, metavar="STEPS",
                    help="the keep probability rises linearly to 1 over these steps (default 0: constant)")
+    p.add_argument("--labels", choices=("raw", "bootstrapped"), default=None,
+                   help="label version: the labeler's (raw, default) or the multi-view bootstrapped one (a dataset "
+                   "prepared with --bootstrap)")
     p.add_argument("--lr-schedule", choices=("cosine", "constant", "warmup-cosine"), default=None,
                    help="learning-rate schedule (default cosine to 0 over the run)")
     p.add_argument("--lr-warmup-steps", type=int, default=None, metavar="STEPS",

@@ -5,6 +5,8 @@
     DetectHands    (per shard) MediaPipe boxes, cross-view consistency, triangulated recovery
     LabelShard     (per shard) crops, pseudo labels, multi-view refinement → HDF5 shard
     CaptureReport              quarantine report (JSON + table) and the list of a capture's shards
+    BootstrapLabels            (with --bootstrap) a capture's shards again, with a multi-view
+                               bootstrapped (and optionally smoothed) label version beside the raw one
     PrepareDataset             all captures → dataset index with train/val/test split
 
 Outputs live under ``<out>/<capture name>-<content hash>/``; detection and label directories
@@ -301,7 +303,72 @@ class CaptureReport(_CaptureTask, _DetectParams, _LabelParams):
         write_json(Path(out["shards"].path), shards)
 
 
-class PrepareDataset(_DetectParams, _LabelParams):
+class _BootstrapParams(HamucoTask):
+    """Multi-view bootstrapping of the labels (``pipeline/bootstrap.py``); the RANSAC threshold is the
+    refinement's (``refine_threshold_px``)."""
+
+    bootstrap_disagree_px = luigi.FloatParameter(default=10.0, description="bootstrapping: a label farther than "
+                                                 "this (image px) from the multi-view reprojection is replaced")
+    bootstrap_min_inliers = luigi.IntParameter(default=3, description="bootstrapping: views that must agree on a "
+                                               "joint before it is reprojected into the others")
+    smooth = luigi.BoolParameter(default=False, description="bootstrapping: smooth the triangulated joints over "
+                                 "the capture's frames first")
+    smooth_window = luigi.IntParameter(default=7, description="smoothing: frames of the local fit (odd)")
+    smooth_outlier_mm = luigi.FloatParameter(default=20.0, description="smoothing: a triangulated joint this far "
+                                             "from its neighbours' fit is rejected")
+    checks = {"bootstrap_disagree_px": positive_finite(), "bootstrap_min_inliers": in_range(2, 1000),
+              "smooth_window": (lambda v: v >= 3 and v % 2 == 1, "an odd number of frames >= 3"),
+              "smooth_outlier_mm": positive_finite()}
+
+    @property
+    def bootstrap_params(self):
+        from pipeline.bootstrap import BootstrapParams
+
+        return BootstrapParams(threshold_px=self.refine_threshold_px, disagree_px=self.bootstrap_disagree_px,
+                               min_inliers=self.bootstrap_min_inliers, smooth=self.smooth,
+                               smooth_window=self.smooth_window, outlier_mm=self.smooth_outlier_mm)
+
+
+class BootstrapLabels(_CaptureTask, _DetectParams, _LabelParams, _BootstrapParams):
+    """A capture's shards with the bootstrapped label version beside the labeler's (a new label directory:
+    the raw shards are never touched), the quarantine report carried over, and ``bootstrap.json``
+    (per camera: labels kept, replaced, filled; with ground truth, the median 2D errors)."""
+
+    def requires(self):
+        return self.clone(CaptureReport)
+
+    @property
+    def label_dir(self) -> Path:
+        raw = Path(self.input()["shards"].path).parent
+        return raw.with_name(f"{raw.name}-boot-{version_hash('bootstrap', self.bootstrap_params.to_json())}")
+
+    def output(self):
+        d = self.label_dir
+        return {"report": luigi.LocalTarget(str(d / "quarantine.json")),
+                "table": luigi.LocalTarget(str(d / "quarantine.txt")),
+                "shards": luigi.LocalTarget(str(d / "shards.json")),
+                "bootstrap": luigi.LocalTarget(str(d / "bootstrap.json"))}
+
+    def run(self):
+        from pipeline.bootstrap import bootstrap_shards
+
+        raw = json.loads(Path(self.input()["shards"].path).read_text())
+        out = self.output()
+        d = self.label_dir
+        d.mkdir(parents=True, exist_ok=True)
+        paths = [str(d / Path(s["path"]).name) for s in raw]
+        provenance = {"params": self.bootstrap_params.to_json(), "raw_label_dir": str(Path(raw[0]["path"]).parent)
+                      if raw else None, "code_version": code_version()}
+        stats = bootstrap_shards(self.capture_obj, [s["path"] for s in raw], paths, self.bootstrap_params,
+                                 provenance)
+        write_json(Path(out["bootstrap"].path), stats)
+        write_json(Path(out["report"].path), json.loads(Path(self.input()["report"].path).read_text()))
+        atomic_write_text(out["table"].path, Path(self.input()["table"].path).read_text())
+        write_json(Path(out["shards"].path), [dict(s, path=p) for s, p in zip(raw, paths)])  # last
+        append_run_log(Path(self.out), self.task_family, d)
+
+
+class PrepareDataset(_DetectParams, _LabelParams, _BootstrapParams):
     """Every capture through detection, labelling and refinement into shards, then the dataset index."""
 
     captures = luigi.ListParameter(description="capture directories or hanco:<root>#<seq> references")
@@ -312,6 +379,8 @@ class PrepareDataset(_DetectParams, _LabelParams):
     allow_external_paths = luigi.BoolParameter(default=False, significant=False,
                                                description="let capture.json name files outside the capture "
                                                "directory (absolute paths, '..')")
+    bootstrap = luigi.BoolParameter(default=False, description="also write a multi-view bootstrapped label "
+                                    "version (BootstrapLabels) and index its shards; training chooses with labels")
     checks = {"val_fraction": in_range(0, 1, high_open=True), "test_fraction": in_range(0, 1, high_open=True),
               "captures": (lambda v: len(v) > 0, "a non-empty list of captures")}
 
@@ -320,9 +389,12 @@ class PrepareDataset(_DetectParams, _LabelParams):
         if self.val_fraction + self.test_fraction >= 1:
             raise HamucoError(f"{self.task_family}: val_fraction + test_fraction must be below 1 (nothing would be "
                               f"left to train on), got {self.val_fraction} + {self.test_fraction}")
+        if self.smooth and not self.bootstrap:
+            raise HamucoError(f"{self.task_family}: smoothing (--smooth) feeds the bootstrapped labels: it needs "
+                              "--bootstrap")
 
     def requires(self):
-        return [self.clone(CaptureReport, capture=c) for c in self.captures]
+        return [self.clone(BootstrapLabels if self.bootstrap else CaptureReport, capture=c) for c in self.captures]
 
     def output(self):
         keys = [Path(r.output()["shards"].path).parent.as_posix() for r in self.requires()]
@@ -339,6 +411,9 @@ class PrepareDataset(_DetectParams, _LabelParams):
         index = {
             "format": "hamuco-dataset-index", "version": 1, "code_version": code_version(),
             "labeler": self.labeler, "crop_size": self.crop_size,
+            "label_versions": ["raw", "bootstrapped"] if self.bootstrap else ["raw"],
+            **({"bootstrap": dict(self.bootstrap_params.to_json(),
+                                  reports=[t["bootstrap"].path for t in self.input()])} if self.bootstrap else {}),
             "split": {"by": self.split_by, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
                       **split_shards(shards, self.split_by, self.val_fraction, self.test_fraction)},
             "shards": shards, "quarantine": reports,

@@ -35,7 +35,7 @@ AUGMENTATION_OPTIONS = ("aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_
 # options added after runs were named by their parameters: at these values a run keeps the name it had
 NEUTRAL_OPTIONS = {"initial_orientation": "identity", "cross_view_warmup": "0", "view_keep_prob": "0.5",
                    "view_keep_anneal_steps": "0", "articulation": "full", "lr_schedule": "cosine",
-                   "lr_warmup_steps": "0"}
+                   "lr_warmup_steps": "0", "labels": "raw"}
 # what a validation pass watches does not change the trained weights: not part of the run's name
 VALIDATION_OPTIONS = ("validate_every", "val_dataset", "val_split", "val_samples")
 
@@ -94,6 +94,9 @@ class TrainModel(HamucoTask):
                                           "probability of keeping each other view (1: off, the official code)")
     view_keep_anneal_steps = luigi.IntParameter(default=0, description="the keep probability rises linearly to 1 "
                                                 "over these steps (0: constant)")
+    labels = luigi.ChoiceParameter(choices=["raw", "bootstrapped"], default="raw",
+                                   description="label version to train on: the labeler's (raw) or the multi-view "
+                                   "bootstrapped one (a dataset prepared with --bootstrap; its own confidence)")
     lr_schedule = luigi.ChoiceParameter(choices=["cosine", "constant", "warmup-cosine"], default="cosine",
                                         description="learning-rate schedule: cosine to 0 over the run, constant, or "
                                         "a linear warm-up over lr_warmup_steps then cosine")
@@ -175,7 +178,7 @@ class TrainModel(HamucoTask):
         index = load_index(self.dataset)
         torch.manual_seed(self.seed)  # the network's initialisation is part of the run: same seed, same bits
         data = ShardDataset(self.dataset, split="train", confidence=self.confidence, augmentation=self.augmentation,
-                            seed=self.seed, weak_camera=self.weak_camera)
+                            seed=self.seed, weak_camera=self.weak_camera, labels=self.labels)
         size = int(index["crop_size"])
         # the run's initial network (initial_network seeds torch with the run's seed again, so an
         # evaluation can rebuild the untrained reference bit for bit)

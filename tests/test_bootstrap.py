@@ -131,3 +131,65 @@ def test_bad_parameters_are_refused_with_their_names():
         BootstrapParams(smooth_window=4)
     with pytest.raises(HamucoError, match="min_inliers must be at least 2"):
         BootstrapParams(min_inliers=1)
+
+
+# ----------------------------------------------------------------------------- through the pipeline
+
+def test_prepare_bootstrap_writes_its_own_label_version_and_training_chooses(tmp_path, capsys):
+    """hamuco prepare --bootstrap on a synthetic capture whose labels carry deliberate gross errors with
+    high confidence (noisy-gt, 15% outliers, confidence uninformative): the raw shards stay as they
+    were, a new label version holds both, corrupted labels seen by enough views are put back within
+    2 px, and the dataset index lets training choose."""
+    import hashlib
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    from pipeline.dataset import ShardDataset
+    from pipeline.shards import ShardReader
+    from pipeline.synthetic import DEMO_CONFIG, generate_capture
+    from tasks.cli import main
+
+    cap = generate_capture(tmp_path / "cap", replace(DEMO_CONFIG, cameras=6, frames=4, seed=5, image_size=128),
+                           progress=False)
+    args = ["prepare", str(cap.root), "--out", str(tmp_path / "out"), "--labeler", "noisy-gt", "--frames-per-shard",
+            "2", "--crop-size", "64", "--noise-sigma-px", "0.5", "--noise-outlier-rate", "0.15", "--noise-confidence",
+            "uninformative", "--refine-threshold-px", "4"]  # labels good to 0.5 px: a tight threshold
+    assert main(args) == 0
+    raw_index = json.loads(next((tmp_path / "out").glob("dataset-*.json")).read_text())
+    raw_shards = [s["path"] for s in raw_index["shards"]]
+    digest = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in raw_shards}
+    assert main(["prepare", "--smooth", str(cap.root), "--out", str(tmp_path / "out2"), "--labeler", "noisy-gt"]) == 2
+    assert "needs --bootstrap" in capsys.readouterr().err
+    assert main(args + ["--bootstrap", "--bootstrap-disagree-px", "4"]) == 0
+    capsys.readouterr()
+    indexes = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("dataset-*.json")]
+    boot = next(i for i in indexes if i["label_versions"] == ["raw", "bootstrapped"])
+    assert {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in raw_shards} == digest  # untouched
+    assert not set(s["path"] for s in boot["shards"]) & set(raw_shards)
+    stats = json.loads(Path(boot["bootstrap"]["reports"][0]).read_text())
+    assert stats["calibrated"] and stats["all"]["replaced"] > 0
+    assert stats["all"]["bootstrapped_median_px"] < stats["all"]["raw_median_px"]
+    corrupted = recovered = 0
+    for path in (s["path"] for s in boot["shards"]):
+        with ShardReader(path) as r:
+            assert r.has_bootstrapped_labels and r.attrs["provenance"]["bootstrap"]["params"]["disagree_px"] == 4.0
+            for s in r:
+                v = s.view_valid
+                err_raw = np.linalg.norm(s.keypoints - s.gt_joints_2d, axis=-1)
+                err_boot = np.linalg.norm(s.bootstrapped_keypoints - s.gt_joints_2d, axis=-1)
+                bad = v[:, None] & (err_raw > 10) & np.isfinite(s.bootstrap_joints).all(-1)[None]
+                corrupted += int(bad.sum())
+                recovered += int((bad & (err_boot < 2.0)).sum())
+                kept = s.bootstrap_source == SOURCE_KEPT
+                assert np.array_equal(s.bootstrapped_keypoints[kept], s.keypoints[kept])
+    assert corrupted > 10 and recovered == corrupted, (recovered, corrupted)
+    # training chooses the label version; the raw dataset has no bootstrapped one, and says so
+    index_path = next(p for p in (tmp_path / "out").glob("dataset-*.json") if "bootstrap" in json.loads(p.read_text()))
+    data = ShardDataset(index_path, split="train", labels="bootstrapped")
+    item = data[0]
+    r, i = data.readers[data.items[0][0]], data.items[0][1]
+    assert np.allclose(item["keypoints"].numpy(), r[i].bootstrapped_keypoints)
+    raw_path = next(p for p in (tmp_path / "out").glob("dataset-*.json") if p != index_path)
+    with pytest.raises(HamucoError, match="no bootstrapped labels .* prepare the dataset with --bootstrap"):
+        ShardDataset(raw_path, split="train", labels="bootstrapped")
