@@ -285,6 +285,20 @@ def _shards_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels_report(args: argparse.Namespace) -> int:
+    from pipeline.label_report import format_summary, label_report, write_label_report
+    from tasks.base import check_output_dir
+
+    check_output_dir(args.out)
+    if not (args.threshold_px > 0):
+        raise HamucoError(f"--threshold-px must be positive, got {args.threshold_px}")
+    result = label_report(args.index, args.against, args.threshold_px)
+    paths = write_label_report(args.out, result)
+    print(format_summary(result))
+    print(f"report: {paths['html']}\njson: {paths['json']}")
+    return 0
+
+
 def _option_values(items: list[str]) -> dict:
     """``OPTION=VALUE`` pairs; a value that reads as JSON (a number, true, a list) is taken as such."""
     out = {}
@@ -616,6 +630,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights", default=None, help="imagenet (default), none or a file path")
     _scheduler_options(p)
     p.set_defaults(func=_reproduce_hanco)
+
+    p = sub.add_parser("labels", help="pseudo-label quality")
+    labels_sub = p.add_subparsers(dest="labels_command", required=True, metavar="SUBCOMMAND")
+    q = labels_sub.add_parser("report", parents=[common], help="label quality per version, capture, camera and joint "
+                              "(HTML + JSON)", description="Per label version of a dataset index (raw, "
+                              "bootstrapped): reprojection error after triangulation, outlier views and misses, "
+                              "and with ground truth the 2D error, PCK at 2/5/10 px, a reliability table and the "
+                              "PA-MPJPE of triangulating the labels; with --against, another dataset index of the "
+                              "same captures side by side.")
+    q.add_argument("index", help="dataset index (JSON) from hamuco prepare")
+    q.add_argument("--out", required=True, help="directory for labels_report.html and labels_report.json")
+    q.add_argument("--against", default=None, metavar="OTHER_INDEX",
+                   help="a dataset index of other labels of the same captures (another labeler or version)")
+    q.add_argument("--threshold-px", type=float, default=15.0, help="RANSAC threshold of the triangulation, "
+                   "image px (default 15, the refinement's)")
+    q.set_defaults(func=_labels_report)
 
     p = sub.add_parser("shards", help="work with HDF5 shards")
     shards_sub = p.add_subparsers(dest="shards_command", required=True, metavar="SUBCOMMAND")

@@ -137,3 +137,37 @@ def same_arrays(a: dict, b: dict) -> list[str]:
 def temporaries(root) -> list[Path]:
     """Temporary files or directories left under ``root`` by this project's writers."""
     return sorted(p for p in Path(root).rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp"))
+
+
+def render_in_chromium(page: Path, profile: Path) -> dict:
+    """Open a static HTML page in headless Chromium (Debian's chromium + chromedriver, ``make chromium``)
+    and return what a reader sees: images (alt, loaded, width, height), rows per table, h2 headings and
+    the console's errors."""
+    import pytest
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.fail("Debian's chromium and chromium-driver are needed: run 'make chromium' "
+                    "(apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        driver.get(Path(page).resolve().as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
+        tables = driver.execute_script(
+            "return Array.from(document.querySelectorAll('table')).map(t => t.querySelectorAll('tbody tr').length)")
+        headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+        logs = driver.get_log("browser")
+    finally:
+        driver.quit()
+    return {"images": images, "tables": tables, "headings": headings,
+            "errors": [e for e in logs if e["level"] in ("SEVERE", "ERROR")]}

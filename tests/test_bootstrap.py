@@ -135,38 +135,51 @@ def test_bad_parameters_are_refused_with_their_names():
 
 # ----------------------------------------------------------------------------- through the pipeline
 
-def test_prepare_bootstrap_writes_its_own_label_version_and_training_chooses(tmp_path, capsys):
-    """hamuco prepare --bootstrap on a synthetic capture whose labels carry deliberate gross errors with
-    high confidence (noisy-gt, 15% outliers, confidence uninformative): the raw shards stay as they
-    were, a new label version holds both, corrupted labels seen by enough views are put back within
-    2 px, and the dataset index lets training choose."""
-    import hashlib
-    import json
-    from dataclasses import replace
-    from pathlib import Path
+import hashlib  # noqa: E402
+import json  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-    from pipeline.dataset import ShardDataset
-    from pipeline.shards import ShardReader
+from tasks.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A synthetic capture whose labels carry deliberate gross errors with high confidence (noisy-gt, 15%
+    outliers, confidence uninformative), prepared raw, then with --bootstrap (and the raw shards' digests
+    between the two)."""
     from pipeline.synthetic import DEMO_CONFIG, generate_capture
-    from tasks.cli import main
 
-    cap = generate_capture(tmp_path / "cap", replace(DEMO_CONFIG, cameras=6, frames=4, seed=5, image_size=128),
+    root = tmp_path_factory.mktemp("bootstrap")
+    cap = generate_capture(root / "cap", replace(DEMO_CONFIG, cameras=6, frames=4, seed=5, image_size=128),
                            progress=False)
-    args = ["prepare", str(cap.root), "--out", str(tmp_path / "out"), "--labeler", "noisy-gt", "--frames-per-shard",
+    args = ["prepare", str(cap.root), "--out", str(root / "out"), "--labeler", "noisy-gt", "--frames-per-shard",
             "2", "--crop-size", "64", "--noise-sigma-px", "0.5", "--noise-outlier-rate", "0.15", "--noise-confidence",
             "uninformative", "--refine-threshold-px", "4"]  # labels good to 0.5 px: a tight threshold
     assert main(args) == 0
-    raw_index = json.loads(next((tmp_path / "out").glob("dataset-*.json")).read_text())
-    raw_shards = [s["path"] for s in raw_index["shards"]]
+    raw = next((root / "out").glob("dataset-*.json"))
+    raw_shards = [s["path"] for s in json.loads(raw.read_text())["shards"]]
     digest = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in raw_shards}
-    assert main(["prepare", "--smooth", str(cap.root), "--out", str(tmp_path / "out2"), "--labeler", "noisy-gt"]) == 2
-    assert "needs --bootstrap" in capsys.readouterr().err
     assert main(args + ["--bootstrap", "--bootstrap-disagree-px", "4"]) == 0
-    capsys.readouterr()
-    indexes = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("dataset-*.json")]
-    boot = next(i for i in indexes if i["label_versions"] == ["raw", "bootstrapped"])
-    assert {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in raw_shards} == digest  # untouched
-    assert not set(s["path"] for s in boot["shards"]) & set(raw_shards)
+    boot = next(p for p in (root / "out").glob("dataset-*.json") if p != raw)
+    return {"root": root, "capture": cap.root, "raw": raw, "boot": boot, "digest": digest}
+
+
+def test_prepare_bootstrap_writes_its_own_label_version_and_training_chooses(prepared, capsys):
+    """The raw shards stay as they were, a new label version holds both, corrupted labels seen by enough
+    views are put back within 2 px, and the dataset index lets training choose."""
+    from pipeline.dataset import ShardDataset
+    from pipeline.shards import ShardReader
+
+    root = prepared["root"]
+    assert main(["prepare", "--smooth", str(prepared["capture"]), "--out", str(root / "out2"), "--labeler",
+                 "noisy-gt"]) == 2
+    assert "needs --bootstrap" in capsys.readouterr().err
+    boot = json.loads(prepared["boot"].read_text())
+    assert boot["label_versions"] == ["raw", "bootstrapped"]
+    digest = prepared["digest"]
+    assert {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in digest} == digest  # untouched
+    assert not set(s["path"] for s in boot["shards"]) & set(digest)
     stats = json.loads(Path(boot["bootstrap"]["reports"][0]).read_text())
     assert stats["calibrated"] and stats["all"]["replaced"] > 0
     assert stats["all"]["bootstrapped_median_px"] < stats["all"]["raw_median_px"]
@@ -185,11 +198,39 @@ def test_prepare_bootstrap_writes_its_own_label_version_and_training_chooses(tmp
                 assert np.array_equal(s.bootstrapped_keypoints[kept], s.keypoints[kept])
     assert corrupted > 10 and recovered == corrupted, (recovered, corrupted)
     # training chooses the label version; the raw dataset has no bootstrapped one, and says so
-    index_path = next(p for p in (tmp_path / "out").glob("dataset-*.json") if "bootstrap" in json.loads(p.read_text()))
-    data = ShardDataset(index_path, split="train", labels="bootstrapped")
+    data = ShardDataset(prepared["boot"], split="train", labels="bootstrapped")
     item = data[0]
     r, i = data.readers[data.items[0][0]], data.items[0][1]
     assert np.allclose(item["keypoints"].numpy(), r[i].bootstrapped_keypoints)
-    raw_path = next(p for p in (tmp_path / "out").glob("dataset-*.json") if p != index_path)
     with pytest.raises(HamucoError, match="no bootstrapped labels .* prepare the dataset with --bootstrap"):
-        ShardDataset(raw_path, split="train", labels="bootstrapped")
+        ShardDataset(prepared["raw"], split="train", labels="bootstrapped")
+
+
+def test_labels_report_compares_versions_and_opens_in_a_browser(prepared, tmp_path, capsys):
+    from .helpers import render_in_chromium
+
+    out = tmp_path / "report"
+    assert main(["labels", "report", str(prepared["boot"]), "--out", str(out), "--against", str(prepared["raw"]),
+                 "--threshold-px", "4"]) == 0
+    assert "noisy-gt:bootstrapped: median 2D error" in capsys.readouterr().out
+    res = json.loads((out / "labels_report.json").read_text())
+    raw, boot = res["versions"]["noisy-gt:raw"], res["versions"]["noisy-gt:bootstrapped"]
+    assert res["ground_truth"] and res["frames"] == 4 and "noisy-gt:raw (against)" in res["versions"]
+    # the outliers the raw labels carry: fewer within 5 px, more outlier views, than the bootstrapped ones
+    assert raw["all"]["pck_5px"] < 0.9 < boot["all"]["pck_5px"]
+    assert boot["all"]["outlier_share"] < raw["all"]["outlier_share"]
+    assert set(raw["per_camera"]) == {f"cam{i:02d}" for i in range(6)} and len(raw["per_joint"]) == 21
+    assert sum(b["count"] for b in raw["reliability"]) == raw["all"]["labelled_joints"]
+    assert raw["triangulation"]["all"]["pa_mpjpe_mm"] < 5.0  # RANSAC sees through the outliers either way
+    pair = next(a for a in res["agreement"] if a["b"] == "noisy-gt:bootstrapped")
+    assert pair["b_closer_share"] > 0.1 and pair["a_closer_share"] < 0.01
+    seen = render_in_chromium(out / "labels_report.html", tmp_path / "profile")
+    assert all(ok and w > 0 and h > 0 for _, ok, w, h in seen["images"]), seen["images"]
+    assert {a for a, *_ in seen["images"]} == {"per camera", "per joint", "reliability"}
+    assert all(n > 0 for n in seen["tables"]) and len(seen["tables"]) >= 8
+    assert {"Versions", "Per camera", "Per joint", "Reliability", "Triangulation", "Agreement"} <= set(seen["headings"])
+    assert seen["errors"] == []
+    # bad input: a file that is not a dataset index
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["labels", "report", str(tmp_path / "bad.json"), "--out", str(tmp_path / "r2")]) == 2
+    assert "not a dataset index" in capsys.readouterr().err

@@ -120,40 +120,18 @@ def test_exact_labels_make_exact_baselines(trained, tmp_path):
 
 def test_report_renders_in_headless_chromium(evaluation, tmp_path):
     """Every image decodes, every table has rows, and the console has no error."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from .helpers import render_in_chromium
 
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        pytest.fail("Debian's chromium and chromium-driver are needed: run 'make chromium' "
-                    "(apt-get install chromium chromium-driver)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    try:
-        report = Path(evaluation.output()["report"].path).resolve()
-        driver.get(report.as_uri())
-        images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
-        tables = driver.execute_script(
-            "return Array.from(document.querySelectorAll('table')).map(t => t.querySelectorAll('tbody tr').length)")
-        headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
-        logs = driver.get_log("browser")
-    finally:
-        driver.quit()
+    seen = render_in_chromium(Path(evaluation.output()["report"].path), tmp_path / "profile")
+    images, tables = seen["images"], seen["tables"]
     alts = [a for a, *_ in images]
     assert all(ok and w > 0 and h > 0 for _, ok, w, h in images), images
     for needed in ("PCK curves", "2D overlay", "3D skeleton", "training curves"):
         assert needed in alts, alts
     assert len(tables) >= 5 and all(n > 0 for n in tables), tables
     assert {"Metrics", "Error versus threshold", "Best and worst samples", "Training curves",
-            "Data preparation: quarantine"} <= set(headings)
-    assert [e for e in logs if e["level"] in ("SEVERE", "ERROR")] == []
+            "Data preparation: quarantine"} <= set(seen["headings"])
+    assert seen["errors"] == []
 
 
 def test_cli_evaluate_and_errors(trained, tmp_path, capsys):
