@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo_output
 
-.PHONY: demo test venv bench science learnability chromium clean
+.PHONY: demo test venv bench science learnability label-quality chromium clean
 
 $(BIN)/hamuco: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ science: venv
 # rung 3 MediaPipe labels with 3 seeds; results/learnability.json. LEARN_ARGS='--rungs 1' runs one rung.
 learnability: venv
 	$(BIN)/python bench/learnability.py --out learnability_output --results results $(LEARN_ARGS)
+
+# Label quality (bench/label_quality.py): MediaPipe labels raw / bootstrapped / bootstrapped + smoothed on
+# ring and dome-with-occluder captures; results/label_quality.json and an HTML report per rig.
+label-quality: venv
+	$(BIN)/python bench/label_quality.py --out label_quality_output --results results
 
 clean:
 	rm -rf $(DEMO) build *.egg-info

@@ -228,6 +228,16 @@ def _median_mean(a: np.ndarray) -> Optional[float]:
     return round(float(a.mean()), 3) if a.size else None
 
 
+def same_labels(a: VersionLabels, b: VersionLabels) -> bool:
+    """The two versions label the frames they share identically (same keys, views, labels, confidence)."""
+    idx = {k: i for i, k in enumerate(b.keys)}
+    shared = [(i, idx[k]) for i, k in enumerate(a.keys) if k in idx]
+    return bool(shared) and all(
+        a.cameras[i] == b.cameras[k] and np.array_equal(a.valid[i], b.valid[k])
+        and np.array_equal(a.keypoints[i], b.keypoints[k]) and np.array_equal(a.confidence[i], b.confidence[k])
+        for i, k in shared)
+
+
 def agreement(a: VersionLabels, b: VersionLabels) -> dict:
     """Two versions on the same views (matched by capture, frame and camera name): median distance per
     joint where both label, and with ground truth, the share where each is closer."""
@@ -263,11 +273,16 @@ def agreement(a: VersionLabels, b: VersionLabels) -> dict:
 def label_report(index_path: str | Path, against: Optional[str | Path] = None, threshold_px: float = 15.0) -> dict:
     """The report's data (what ``labels_report.json`` holds); see the module notes."""
     versions = read_versions(index_path)
+    identical = []
     if against is not None:
         other = read_versions(against)
-        ours = {v.name for v in versions.values()}
+        ours = list(versions.values())
         for k, v in other.items():
-            if v.name in ours:
+            twin = next((o for o in ours if same_labels(o, v)), None)
+            if twin is not None:  # e.g. the raw labels both indexes were made from: shown once
+                identical.append({"against": v.name, "same_as": twin.name})
+                continue
+            if v.name in {o.name for o in ours}:
                 v.name += " (against)"
             versions["against:" + k] = v
     # a comparison covers the frames every version has (the other index may hold other captures)
@@ -276,7 +291,8 @@ def label_report(index_path: str | Path, against: Optional[str | Path] = None, t
         raise HamucoError(f"{index_path}: no frame in common between the label versions to compare "
                           f"(the --against index holds other captures?)")
     result: dict = {"index": str(index_path), "against": str(against) if against else None,
-                    "threshold_px": threshold_px, "frames": len(common), "versions": {}}
+                    "threshold_px": threshold_px, "frames": len(common), "versions": {},
+                    "identical_versions_left_out": identical}
     for vl in versions.values():
         r, tri = records(vl, threshold_px, common)
         caps, cams = sorted(set(r.capture)), sorted(set(r.camera))

@@ -215,7 +215,10 @@ def test_labels_report_compares_versions_and_opens_in_a_browser(prepared, tmp_pa
     assert "noisy-gt:bootstrapped: median 2D error" in capsys.readouterr().out
     res = json.loads((out / "labels_report.json").read_text())
     raw, boot = res["versions"]["noisy-gt:raw"], res["versions"]["noisy-gt:bootstrapped"]
-    assert res["ground_truth"] and res["frames"] == 4 and "noisy-gt:raw (against)" in res["versions"]
+    # the --against index's raw labels are the same labels as ours: shown once, and said so
+    assert res["ground_truth"] and res["frames"] == 4 and set(res["versions"]) == {"noisy-gt:raw",
+                                                                                  "noisy-gt:bootstrapped"}
+    assert res["identical_versions_left_out"] == [{"against": "noisy-gt:raw", "same_as": "noisy-gt:raw"}]
     # the outliers the raw labels carry: fewer within 5 px, more outlier views, than the bootstrapped ones
     assert raw["all"]["pck_5px"] < 0.9 < boot["all"]["pck_5px"]
     assert boot["all"]["outlier_share"] < raw["all"]["outlier_share"]
@@ -234,3 +237,26 @@ def test_labels_report_compares_versions_and_opens_in_a_browser(prepared, tmp_pa
     (tmp_path / "bad.json").write_text("{}")
     assert main(["labels", "report", str(tmp_path / "bad.json"), "--out", str(tmp_path / "r2")]) == 2
     assert "not a dataset index" in capsys.readouterr().err
+
+
+def test_label_quality_bench_quick_compares_the_three_versions_per_rig(tmp_path, capsys):
+    """bench/label_quality.py on its smoke configuration: MediaPipe labels of both rigs, raw, bootstrapped
+    and bootstrapped + smoothed, scored against the ground truth with the constant pose beside them."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import label_quality
+
+    assert label_quality.main(["--quick", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "res")]) == 0
+    table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["table"]
+    assert set(table) == {"ring", "dome-occluders"}
+    for rig, t in table.items():
+        v = t["versions"]
+        assert set(v) == {"mediapipe:raw", "mediapipe:bootstrapped", "mediapipe:bootstrapped+smoothed"}
+        raw, boot = v["mediapipe:raw"], v["mediapipe:bootstrapped"]
+        # bootstrapping only adds labels where views agree: never fewer labelled joints, never more misses
+        assert boot["labelled_joints"] >= raw["labelled_joints"] and boot["misses"] <= raw["misses"]
+        assert all(x["median_px"] > 0 and 0 <= x["pck_5px"] <= 1 for x in v.values())
+        assert t["constant_pose_pa_mpjpe_mm"] > 0 and t["frames"] == 8  # 2 captures x 4 frames
+        assert (tmp_path / "out" / "reports" / rig / "labels_report.html").stat().st_size > 10_000
+    assert not (tmp_path / "res").exists()  # a smoke run is not a result
