@@ -58,7 +58,7 @@ TESTS = {"ring-600": dict(seed=600, rig="ring", occluders=0), "dome-610-occluder
 
 DEFAULT = dict(cameras=8, frames=24, image_size=256, crop_size=64, frames_per_shard=8, steps=1500, batch_size=2,
                lr=1e-3, backbone="resnet18", seeds=(0, 1, 2), keyframe_every=15, pose_prior="default",
-               resamples=10_000, validate_every=100, pretrain_steps=0, captures=8)
+               resamples=10_000, validate_every=100, pretrain_steps=0, captures=8, labels="raw", smooth=False)
 QUICK = dict(cameras=4, frames=3, image_size=128, crop_size=64, frames_per_shard=3, steps=4, batch_size=1,
              seeds=(0, 1), resamples=200, validate_every=2, captures=2)
 
@@ -107,6 +107,7 @@ class Ladder:
         t = PretrainBackbone(dataset=dataset.output().path, out=str(self.out / "pretrain"), backbone=c["backbone"],
                              steps=c["pretrain_steps"], batch_size=c["batch_size"] * 2, lr=1e-3, seed=seed,
                              confidence="raw", checkpoint_every=max(1, min(250, c["pretrain_steps"])),
+                             labels=self.options.get("labels", "raw"),
                              precision=self.options.get("precision", "auto"))  # as the training it feeds
         self.build([t], "2D pretraining of the backbone")
         return t.output().path
@@ -251,7 +252,13 @@ def rung2(ladder: Ladder) -> dict:
 
 
 def rung3(ladder: Ladder) -> dict:
-    res = _generalisation(ladder, dict(labeler="mediapipe"), ladder.cfg["seeds"], "rung 3")
+    labels = dict(labeler="mediapipe")
+    if ladder.cfg["labels"] == "bootstrapped":  # the multi-view bootstrapped version (issue 21) beside the raw one
+        labels.update(bootstrap=True, smooth=ladder.cfg["smooth"])
+        ladder.options = dict(ladder.options, labels="bootstrapped")
+    res = _generalisation(ladder, labels, ladder.cfg["seeds"], "rung 3")
+    res["labels"] = ladder.cfg["labels"] + ("+smoothed" if ladder.cfg["labels"] == "bootstrapped" and ladder.cfg["smooth"]
+                                            else "")
     pc = res["per_capture"].values()
     res["goal"] = ("single below the untrained network and the constant pose, paired interval excluding 0; "
                    "fusion below RANSAC triangulation of the same labels")
@@ -374,6 +381,11 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrain-steps", type=int, default=None,
                     help="pretrain the backbone on the training data's 2D labels this many steps first (default 0)")
     ap.add_argument("--train", nargs="*", default=[], metavar="OPTION=VALUE", help="TrainModel options")
+    ap.add_argument("--labels", choices=("raw", "bootstrapped"), default=None,
+                    help="rung 3: train on the MediaPipe labels as they are (default) or on their multi-view "
+                    "bootstrapped version (hamuco prepare --bootstrap)")
+    ap.add_argument("--smooth", action="store_true", default=None, help="rung 3 with --labels bootstrapped: "
+                    "smoothed over time too")
     ap.add_argument("--diversity", default=None, metavar="N,N,...",
                     help="rung 2 at equal compute for each number of training captures (key diversity), "
                     "written as the 'diversity' key and learnability_diversity.png")
@@ -381,7 +393,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="a smoke run of the same graph (tiny captures, 4 steps)")
     args = ap.parse_args(argv)
     cfg = dict(DEFAULT, **(QUICK if args.quick else {}))
-    for k in ("steps", "frames", "keyframe_every", "pose_prior", "pretrain_steps", "captures"):
+    for k in ("steps", "frames", "keyframe_every", "pose_prior", "pretrain_steps", "captures", "labels", "smooth"):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
     rungs = [int(r) for r in args.rungs.split(",") if r.strip()]
@@ -409,7 +421,7 @@ def main(argv=None) -> int:
         res["date"] = time.strftime("%Y-%m-%d")
         res["options"] = options
         res["data"] = {k: cfg[k] for k in ("cameras", "frames", "image_size", "crop_size", "keyframe_every",
-                                            "pose_prior", "captures")}
+                                            "pose_prior", "captures", "labels", "smooth")}
         res["pretrain_steps"] = cfg["pretrain_steps"]
         results[f"rung{r}"] = res
         log(f"rung {r}: {json.dumps(_headline(res))}")

@@ -167,12 +167,12 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     params = {"dataset": args.dataset, "out": args.out}
     for name in ("backbone", "steps", "batch_size", "lr", "seed", "precision", "confidence", "aug_rotation_deg",
-                 "aug_colour"):
+                 "aug_colour", "labels"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     task = PretrainBackbone(**params)
     check_output_dir(args.out)
-    check_dataset(args.dataset, "train")
+    check_dataset(args.dataset, "train", labels=args.labels or "raw")
     if not _run_luigi(args, [task], 1, args.scheduler_host, args.scheduler_port):
         return EXIT_INVALID
     print(f"backbone weights: {task.output().path}")
@@ -573,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None, help="default auto")
+    p.add_argument("--labels", choices=("raw", "bootstrapped"), default=None,
+                   help="label version (default raw; bootstrapped: a dataset prepared with --bootstrap)")
     p.add_argument("--confidence", choices=("refined", "raw"), default=None, help="label confidence (default refined)")
     p.add_argument("--aug-rotation-deg", type=float, default=None, help="augmentation: in-plane rotation, +-degrees")
     p.add_argument("--aug-colour", type=float, default=None, help="augmentation: colour jitter strength")

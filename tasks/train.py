@@ -227,6 +227,8 @@ class PretrainBackbone(HamucoTask):
     checkpoint_every = luigi.IntParameter(default=100)
     seed = luigi.IntParameter(default=0)
     confidence = luigi.ChoiceParameter(choices=["refined", "raw"], default="refined")
+    labels = luigi.ChoiceParameter(choices=["raw", "bootstrapped"], default="raw",
+                                   description="label version (as TrainModel's labels)")
     precision = luigi.ChoiceParameter(choices=["auto", "bf16", "fp32"], default="auto")
     aug_rotation_deg = luigi.FloatParameter(default=0.0, description="augmentation: in-plane rotation, +-degrees")
     aug_colour = luigi.FloatParameter(default=0.0, description="augmentation: colour jitter strength")
@@ -242,6 +244,8 @@ class PretrainBackbone(HamucoTask):
         path = Path(self.dataset)
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
         params = {k: v for k, v in self.to_str_params().items() if k != "out"}
+        if params.get("labels") == "raw":  # the option's neutral value: runs keep the names they had before it
+            params.pop("labels")
         return Path(self.out) / f"pretrain-{self.backbone}-{version_hash(params, digest)}"
 
     def output(self):
@@ -256,7 +260,7 @@ class PretrainBackbone(HamucoTask):
         from pipeline.dataset import Augmentation, ShardDataset
 
         keep_freed_memory_in_process()
-        data = ShardDataset(self.dataset, split="train", confidence=self.confidence, seed=self.seed,
+        data = ShardDataset(self.dataset, split="train", confidence=self.confidence, seed=self.seed, labels=self.labels,
                             augmentation=Augmentation(rotation_deg=self.aug_rotation_deg, colour=self.aug_colour))
         torch.manual_seed(self.seed)
         model = KeypointNet(self.backbone).train()

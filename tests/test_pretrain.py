@@ -77,3 +77,10 @@ def test_train_reads_the_pretrained_backbone(pretrained, tiny_dataset, tmp_path)
 def test_pretrain_refuses_a_missing_dataset(tmp_path, capsys):
     assert main(["pretrain", "--dataset", str(tmp_path / "none.json"), "--out", str(tmp_path / "o")]) == 2
     assert "none.json" in capsys.readouterr().err
+
+
+def test_label_version_names_a_pretraining_run_only_when_not_raw(tmp_path, capsys):
+    base = dict(dataset=str(tmp_path / "d.json"), out=str(tmp_path))
+    plain = PretrainBackbone(**base).run_dir
+    assert PretrainBackbone(**base, labels="raw").run_dir == plain
+    assert PretrainBackbone(**base, labels="bootstrapped").run_dir != plain
