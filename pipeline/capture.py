@@ -257,6 +257,7 @@ class Camera:
     t: Optional[np.ndarray] = None
     images: Optional[str] = None  # pattern with "{frame}", relative to the capture root
     video: Optional[str] = None  # or one video file, relative to the capture root
+    frame_offset: int = 0  # a video camera: its frame for capture frame k is video_frames[k] + frame_offset
 
     @property
     def has_intrinsics(self) -> bool:
@@ -291,6 +292,8 @@ class Camera:
             out["images"] = self.images
         if self.video is not None:
             out["video"] = self.video
+        if self.frame_offset:
+            out["frame_offset"] = int(self.frame_offset)
         return out
 
 
@@ -341,6 +344,7 @@ class Capture:
     metadata: dict = field(default_factory=dict)
     layout: str = CAPTURE_FORMAT
     ground_truth_loader: Optional[Callable[[], Optional[GroundTruth]]] = None
+    video_frames: Optional[list] = None  # video frame index of each listed frame (default 0, 1, 2, ...)
     _gt_cache: Optional[GroundTruth] = field(default=None, repr=False)
     _files_cache: Optional[list] = field(default=None, repr=False, compare=False)  # pipeline.prepare's file list
 
@@ -362,6 +366,12 @@ class Capture:
                 return i
         raise CaptureError(f"{self.root}: no camera named {name!r}")
 
+    def video_index(self, cam: int, frame: int) -> int:
+        """The frame of camera ``cam``'s video that holds capture frame ``frame`` (``video_frames`` and the
+        camera's ``frame_offset``: unsynchronised videos, a subsampled or cropped range)."""
+        base = self.video_frames[frame] if self.video_frames is not None else frame
+        return int(base) + int(self.cameras[cam].frame_offset)
+
     def image_path(self, cam: int, frame: int) -> Optional[Path]:
         camera = self.cameras[cam]
         if camera.images is None:
@@ -381,15 +391,16 @@ class Capture:
         if camera.video is not None:
             video = self.root / camera.video
             scan = scan_video(video)
-            where = f"{video}: frame {fid} (index {frame}), camera {camera.name}"
-            if frame >= scan.decoded:
+            index = self.video_index(cam, frame)
+            where = f"{video}: frame {fid} (video frame {index}), camera {camera.name}"
+            if not 0 <= index < scan.decoded:
                 raise CaptureError(f"{where}: unreadable (the video has {scan.decoded} decodable frames"
                                    f"{f' of {scan.declared} declared: truncated or corrupt' if scan.declared > scan.decoded else ''})")
-            if frame in scan.damaged:
-                raise CaptureError(f"{where}: unreadable (damaged video frame: {scan.damaged[frame]})")
+            if index in scan.damaged:
+                raise CaptureError(f"{where}: unreadable (damaged video frame: {scan.damaged[index]})")
             cap = cv2.VideoCapture(str(video))
             try:
-                cap.set(cv2.CAP_PROP_POS_FRAMES, frame)
+                cap.set(cv2.CAP_PROP_POS_FRAMES, index)
                 ok, img = cap.read()
             finally:
                 cap.release()
@@ -436,6 +447,8 @@ class Capture:
             out["ground_truth"] = self.ground_truth_file
         if self.masks:
             out["masks"] = self.masks
+        if self.video_frames is not None:
+            out["video_frames"] = [int(v) for v in self.video_frames]
         if self.metadata:
             out["metadata"] = self.metadata
         return out
@@ -593,15 +606,29 @@ def parse_capture(path: str | os.PathLike, allow_external_paths: bool = False
                                     f"images pattern {images!r} has no {{frame}} field", where, camera=name))
         outside(images, "images pattern", name)
         outside(video, "video", name)
+        offset = rc.get("frame_offset", 0)
+        if not isinstance(offset, int) or isinstance(offset, bool) or (offset and video is None):
+            problems.append(Problem("error", "frame_offset_invalid", f"frame_offset {offset!r} must be an integer "
+                                    "number of frames, and only a video camera has one", where, camera=name))
+            offset = 0
         cameras.append(Camera(name=name, width=size[0], height=size[1], K=K, dist=dist, R=R, t=t,
-                              images=images, video=video))
+                              images=images, video=video, frame_offset=offset))
 
     gt = doc.get("ground_truth")
     outside(gt, "ground_truth")
     outside(doc.get("masks"), "masks pattern")
+    video_frames = doc.get("video_frames")
+    if video_frames is not None:
+        if (not isinstance(video_frames, list) or len(video_frames) != len(frames)
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in video_frames)
+                or any(b <= a for a, b in zip(video_frames, video_frames[1:]))):
+            problems.append(Problem("error", "video_frames_invalid", "video_frames must list, for every frame id, its "
+                                    "video frame index (integers >= 0, increasing)", where))
+            video_frames = None
     capture = Capture(root=root, cameras=cameras, frame_ids=frames,
                       handedness=handedness if handedness in HANDEDNESS else "right",
-                      ground_truth_file=gt, masks=doc.get("masks"), metadata=doc.get("metadata") or {})
+                      ground_truth_file=gt, masks=doc.get("masks"), metadata=doc.get("metadata") or {},
+                      video_frames=video_frames)
     return capture, problems
 
 

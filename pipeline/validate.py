@@ -19,6 +19,7 @@ class ValidationReport:
     capture: str
     problems: list[Problem] = field(default_factory=list)
     views_checked: int = 0
+    hand_reprojection_px: dict = field(default_factory=dict)  # per camera, with hand_frames (check_calibration_with_hands)
 
     @property
     def errors(self) -> list[Problem]:
@@ -35,11 +36,15 @@ class ValidationReport:
     def to_dict(self) -> dict:
         return {"capture": self.capture, "ok": self.ok, "errors": len(self.errors),
                 "warnings": len(self.warnings), "views_checked": self.views_checked,
+                **({"hand_reprojection_px": self.hand_reprojection_px} if self.hand_reprojection_px else {}),
                 "problems": [p.to_dict() for p in self.problems]}
 
     def format(self, limit: int = 200) -> str:
         lines = [f"{self.capture}: {'OK' if self.ok else 'INVALID'} ({len(self.errors)} errors, "
                  f"{len(self.warnings)} warnings, {self.views_checked} views checked)"]
+        if self.hand_reprojection_px:
+            lines.append("  hand reprojection per camera (median px): " + ", ".join(
+                f"{k} {'–' if v is None else v}" for k, v in self.hand_reprojection_px.items()))
         for p in self.problems[:limit]:
             lines.append(f"  {p}")
         if len(self.problems) > limit:
@@ -75,6 +80,7 @@ def _check_video(capture: Capture, cam_index: int, problems: list[Problem]) -> i
         return 0
     scan = scan_video(path)
     n = scan.decoded
+    indices = [capture.video_index(cam_index, k) for k in range(capture.num_frames)]
     if n:
         cap = cv2.VideoCapture(str(path))
         try:
@@ -87,23 +93,27 @@ def _check_video(capture: Capture, cam_index: int, problems: list[Problem]) -> i
                                     f"video frames are {w}x{h} but the calibration says "
                                     f"{camera.width}x{camera.height}", str(path), capture.frame_ids[0],
                                     camera.name))
+    mapped = capture.video_frames is not None or camera.frame_offset != 0
     if n == 0:
         problems.append(Problem("error", "video_unreadable", "no frame of the video can be decoded (truncated "
                                 "or corrupt file)", str(path), camera=camera.name))
-    elif n < capture.num_frames:
+    else:
         why = (f"the video declares {scan.declared} frames but only {n} decode (truncated or corrupt)"
                if scan.declared > n else f"the video has only {n} frames")
-        for fid in capture.frame_ids[n:]:
-            problems.append(Problem("error", "frame_missing" if scan.declared <= n else "video_frame_unreadable",
-                                    why, str(path), fid, camera.name))
-    elif n > capture.num_frames:
-        problems.append(Problem("warning", "frame_extra", f"the video has {n - capture.num_frames} frames more "
-                                f"than the {capture.num_frames} listed", str(path), camera=camera.name))
+        for fid, index in zip(capture.frame_ids, indices):
+            if not 0 <= index < n:
+                problems.append(Problem("error", "frame_missing" if scan.declared <= n else "video_frame_unreadable",
+                                        why + (f" (this frame is video frame {index})" if mapped else ""), str(path),
+                                        fid, camera.name))
+        if not mapped and n > capture.num_frames:
+            problems.append(Problem("warning", "frame_extra", f"the video has {n - capture.num_frames} frames more "
+                                    f"than the {capture.num_frames} listed", str(path), camera=camera.name))
+    by_index = dict(zip(indices, capture.frame_ids))
     for index, message in sorted(scan.damaged.items()):
-        if index < capture.num_frames:
+        if index in by_index:
             problems.append(Problem("error", "video_frame_damaged", f"frame decodes with errors ({message})",
-                                    str(path), capture.frame_ids[index], camera.name))
-    return min(n, capture.num_frames)
+                                    str(path), by_index[index], camera.name))
+    return sum(0 <= i < n for i in indices)
 
 
 def _extra_files(capture: Capture, cam_index: int, problems: list[Problem]) -> None:
@@ -118,6 +128,162 @@ def _extra_files(capture: Capture, cam_index: int, problems: list[Problem]) -> N
         if entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.path not in listed:
             problems.append(Problem("warning", "frame_extra", "image is not listed in capture.json frames",
                                     entry.path, Path(entry.name).stem, camera.name))
+
+
+# A hand-capture rig: cameras some centimetres to a few metres apart (checked in metres, as capture.json holds t)
+BASELINE_RANGE_M = (0.02, 20.0)
+
+
+def check_calibration(capture: Capture) -> list[Problem]:
+    """Plausibility of a calibrated rig (issue 22), each finding naming the camera:
+
+    * the cameras' spread: median distance between camera centres outside 2 cm .. 20 m (t in millimetres
+      or centimetres read as metres, or the reverse), or one camera more than 10x farther from the rig's
+      centre than the median camera (that camera's t in other units);
+    * every camera looks at the scene: the point closest to the other cameras' optical axes must lie in
+      front of it (a transposed rotation, or a camera→world pose read as world→camera, turns it away),
+      and it should project inside its image (a warning).
+    """
+    from .calibration import CameraCalibration, scene_centre
+
+    cams = [c for c in capture.cameras if c.has_extrinsics]
+    problems: list[Problem] = []
+    if len(cams) < 2:
+        return problems
+    where = str(capture.root / "capture.json")
+    cc = [CameraCalibration(c.name, c.K if c.K is not None else np.eye(3), None, c.R, c.t) for c in cams]
+    C = np.stack([c.centre for c in cc])
+    # one camera far from the others first (its t in other units), then the spread of the rest
+    dist = np.linalg.norm(C - np.median(C, axis=0), axis=1)
+    typical = float(np.median(dist))
+    odd = (dist > 10 * typical) if typical > 0 and len(cams) >= 3 else np.zeros(len(cams), bool)
+    for c, d in zip(cams, dist):
+        if d > 10 * typical and odd.any():
+            problems.append(Problem("error", "calibration_scale", f"this camera is {d:.3g} m from the rig's "
+                                    f"centre, the others a median {typical:.3g} m: its translation in other "
+                                    "units than the rest?", where, camera=c.name))
+    keep = C[~odd]
+    i, j = np.triu_indices(len(keep), 1)
+    base = np.linalg.norm(keep[i] - keep[j], axis=1)
+    med = float(np.median(base)) if base.size else 0.0
+    lo, hi = BASELINE_RANGE_M
+    if base.size and not lo <= med <= hi:
+        hint = ("translations in millimetres or centimetres read as metres? (import with --units mm or cm)"
+                if med > hi else "translations in metres read as millimetres? (import with --units m)")
+        problems.append(Problem("error", "calibration_scale", f"the cameras are a median {med:.4g} m apart "
+                                f"(range {base.min():.4g} to {base.max():.4g} m), outside a hand-capture rig's "
+                                f"{lo} to {hi} m: {hint}; cameras "
+                                f"{', '.join(c.name for c, o in zip(cams, odd) if not o)}", where))
+    def centre_without(skip: set):
+        others = [o for m, o in enumerate(cc) if m not in skip]
+        return scene_centre(others) if len(others) >= 2 else None
+
+    behind = set()
+    for k, c in enumerate(cams):
+        X = centre_without({k})
+        if X is not None and (c.R @ X + c.t)[2] <= 0:
+            behind.add(k)
+            problems.append(Problem("error", "calibration_facing", "the scene (the point the other cameras look at) "
+                                    "is behind this camera: a transposed rotation, or a camera-to-world pose "
+                                    "given as world-to-camera?", where, camera=c.name))
+    for k, c in enumerate(cams):
+        X = centre_without({k} | behind)  # the cameras already found wrong do not move the scene
+        if k in behind or X is None or c.K is None:
+            continue
+        uv, depth = c.project(X[None])
+        u, v = uv[0]
+        if depth[0] <= 0 or not (0 <= u < c.width and 0 <= v < c.height):
+            problems.append(Problem("warning", "calibration_facing", f"the scene (the point the other cameras "
+                                    f"look at) projects to pixel ({u:.0f}, {v:.0f}), outside the "
+                                    f"{c.width}x{c.height} image", where, camera=c.name))
+    return problems
+
+
+def calibration_consistency(capture: Capture, observations: np.ndarray, factor: float = 3.0,
+                            floor_share: float = 0.05) -> tuple[list[Problem], dict]:
+    """Does each camera's pose agree with what the other cameras see? ``observations`` (F, V, J, 2): image
+    points of the same J scene points (hand joints) in every view, NaN where unseen.
+
+    For each camera the points triangulated from the *other* views (RANSAC) are projected through its
+    calibration and compared with its own observations (median px over frames and points). A wrong camera
+    also spoils the others' triangulations, so the worst camera (relative to the others' median) is then
+    left out of them and the others measured again; it is an error when its median exceeds ``floor_share``
+    of its image's shorter side and ``factor`` × the other cameras' median. One camera per run (fix it and
+    validate again). Returns the problems and each camera's median (None where it saw too little)."""
+    from .triangulate import projection_matrices, triangulate_ransac
+
+    cams = capture.cameras
+    if len(cams) < 4 or not all(c.has_intrinsics and c.has_extrinsics for c in cams):
+        return [], {}
+    P = projection_matrices(np.stack([c.K for c in cams]), np.stack([c.R for c in cams]),
+                            np.stack([c.t for c in cams]))
+    J = observations.shape[2]
+
+    def medians(exclude: set) -> dict:
+        errors: list[list] = [[] for _ in cams]
+        for uv in observations:
+            seen = np.all(np.isfinite(uv), axis=(1, 2))
+            for ci in np.nonzero(seen)[0]:
+                others = seen.copy()
+                others[ci] = False
+                others[list(exclude - {ci})] = False
+                if others.sum() < 2:
+                    continue
+                conf = np.repeat(others[:, None].astype(float), J, axis=1)
+                X = triangulate_ransac(P, np.where(np.isfinite(uv), uv, 0.0), conf, threshold_px=25.0).joints
+                ok = np.all(np.isfinite(X), axis=1)
+                if ok.any():
+                    proj, depth = cams[ci].project(X[ok])
+                    errors[ci].append(np.where(depth > 0, np.linalg.norm(proj - uv[ci][ok], axis=1), np.inf))
+        return {c.name: (round(float(np.median(np.concatenate(e))), 2) if e else None) for c, e in zip(cams, errors)}
+
+    def relative(med: dict, k: int) -> float:
+        values = list(med.values())
+        rest = [v for m, v in enumerate(values) if m != k and v is not None]
+        return values[k] / max(float(np.median(rest)), 1e-6) if values[k] is not None and len(rest) >= 2 else 0.0
+
+    med = medians(set())
+    problems = []
+    k = max(range(len(cams)), key=lambda m: relative(med, m))
+    mine = list(med.values())[k]
+    if mine is not None:
+        again = medians({k})
+        rest = [v for m, v in enumerate(again.values()) if m != k and v is not None]
+        typical = float(np.median(rest)) if len(rest) >= 2 else float("inf")
+        if mine > floor_share * min(cams[k].width, cams[k].height) and mine > factor * typical:
+            problems.append(Problem("error", "calibration_reprojection", f"the hand the other cameras see "
+                                    f"reprojects {mine:.1f} px (median) from where this camera sees it, the other "
+                                    f"cameras {typical:.1f} px once it is left out of their triangulation: this "
+                                    "camera's pose is wrong (a transposed rotation, another camera's parameters, a "
+                                    "wrong unit?)", str(capture.root / "capture.json"), camera=cams[k].name))
+            med = {n: (mine if m == k else v) for m, (n, v) in enumerate(again.items())}
+    return problems, med
+
+
+def check_calibration_with_hands(capture: Capture, frames: int = 6) -> tuple[list[Problem], dict]:
+    """:func:`calibration_consistency` on MediaPipe's hand (the capture's handedness, best score) in every
+    view of ``frames`` frames spread over the capture: a wrongly imported camera stands out, which geometry
+    alone cannot show when the world origin lies in the scene (a transposed rotation still looks at the
+    origin). MediaPipe's own error on a hard view (a hand seen edge-on, fingers mistaken) reads as a
+    calibration error too: on the synthetic renders of the tests one view in six is 20-50 px off with a
+    right calibration, so a flagged camera is to be looked at, not proof."""
+    from .detect import MediaPipeHands, _pick_by_handedness
+
+    cams = capture.cameras
+    if len(cams) < 4 or not all(c.has_intrinsics and c.has_extrinsics for c in cams):
+        return [], {}
+    picks = np.unique(np.linspace(0, capture.num_frames - 1, min(frames, capture.num_frames)).round().astype(int))
+    obs = np.full((len(picks), len(cams), 21, 2), np.nan)
+    with MediaPipeHands(max_num_hands=2) as det:
+        for f, fi in enumerate(picks):
+            for ci in range(len(cams)):
+                try:
+                    hand = _pick_by_handedness(det(capture.read_image(ci, int(fi))), capture.handedness)
+                except CaptureError:
+                    hand = None
+                if hand is not None:
+                    obs[f, ci] = hand.landmarks
+    return calibration_consistency(capture, obs)
 
 
 def _check_ground_truth(capture: Capture, problems: list[Problem]) -> None:
@@ -150,7 +316,8 @@ def _check_ground_truth(capture: Capture, problems: list[Problem]) -> None:
 
 
 def validate_capture(source: str | os.PathLike | Capture, check_images: bool = True,
-                     progress: bool = False, allow_external_paths: bool = False) -> ValidationReport:
+                     progress: bool = False, allow_external_paths: bool = False,
+                     hand_frames: int = 0) -> ValidationReport:
     """Check a capture directory (format v1) or an already opened :class:`Capture`."""
     if isinstance(source, Capture):
         capture, problems = source, []
@@ -180,6 +347,12 @@ def validate_capture(source: str | os.PathLike | Capture, check_images: bool = T
             _extra_files(capture, ci, problems)
         bar.close()
     _check_ground_truth(capture, problems)
+    calibration = check_calibration(capture)
+    problems.extend(calibration)
+    if hand_frames > 0 and not any(p.severity == "error" for p in calibration):
+        found, medians = check_calibration_with_hands(capture, hand_frames)
+        problems.extend(found)
+        report.hand_reprojection_px = medians
     return report
 
 

@@ -42,8 +42,27 @@ def _validate(args: argparse.Namespace) -> int:
 
         source = read_hanco_sequence(args.capture, args.hanco_sequence)
     report = validate_capture(source, check_images=not args.no_images, progress=not args.quiet,
-                              allow_external_paths=args.allow_external_paths)
+                              allow_external_paths=args.allow_external_paths, hand_frames=args.hand_frames)
     print(report_json(report) if args.json else report.format())
+    return 0 if report.ok else EXIT_INVALID
+
+
+def _import_capture(args: argparse.Namespace) -> int:
+    from pipeline.import_capture import format_import_summary, import_capture, parse_offsets
+    from pipeline.validate import validate_capture
+    from tasks.base import check_output_dir
+
+    check_output_dir(args.out)
+    capture, summary = import_capture(args.out, args.videos, args.calibration, fmt=args.format, units=args.units,
+                                      frame_offsets=parse_offsets(args.frame_offsets), every=args.every,
+                                      start=args.start, end=args.end, copy=args.copy_videos,
+                                      handedness=args.handedness)
+    print(f"wrote {Path(args.out) / 'capture.json'}")
+    print(format_import_summary(summary))
+    report = validate_capture(capture.root, check_images=not args.no_images, progress=False,
+                              hand_frames=0 if args.no_images else args.hand_frames)
+    print("validation:")
+    print("  " + report.format(limit=20).replace("\n", "\n  "))
     return 0 if report.ok else EXIT_INVALID
 
 
@@ -438,7 +457,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-external-paths", action="store_true",
                    help="let capture.json name image files outside the capture directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--hand-frames", type=int, default=0, metavar="N",
+                   help="also check the calibration against the hand: MediaPipe on N frames, each camera's "
+                   "landmarks against the other cameras' triangulation (a wrongly calibrated camera stands out)")
     p.set_defaults(func=_validate)
+
+    p = sub.add_parser("import-capture", parents=[common], help="a capture from a rig's calibration file and "
+                       "one video per camera", description="Write a format-v1 capture (capture.json, videos/ "
+                       "linked, or copied with --copy-videos) from a calibration in anipose/FreeMoCap "
+                       "(calibration.toml), EasyMocap (intri.yml + extri.yml), OpenCV FileStorage or COLMAP "
+                       "(cameras.txt + images.txt) format, the videos matched to the cameras by name; then "
+                       "validate it, calibration plausibility included. Exits 1 when validation finds errors.")
+    p.add_argument("out", help="capture directory to create")
+    p.add_argument("--videos", required=True, help="folder of <camera>.mp4 (or .avi, .mov, .mkv), or a glob pattern")
+    p.add_argument("--calibration", required=True, help="calibration file (EasyMocap, COLMAP: the folder or "
+                   "either file)")
+    p.add_argument("--format", choices=("auto", "anipose", "easymocap", "opencv", "colmap"), default="auto")
+    p.add_argument("--units", choices=("auto", "m", "cm", "mm"), default="auto",
+                   help="unit of the calibration's translations (auto: metres for EasyMocap and COLMAP, guessed "
+                   "from the rig's size for anipose and OpenCV files)")
+    p.add_argument("--frame-offsets", default=None, metavar="CAM=N,...",
+                   help="per camera, how many frames its video runs ahead of the others (capture frame k reads "
+                   "video frame k + N)")
+    p.add_argument("--every", type=_int_at_least(1), default=1, help="keep every N-th frame")
+    p.add_argument("--start", type=int, default=None, help="first video frame (default: the first every video has)")
+    p.add_argument("--end", type=int, default=None, help="video frame to stop before (default: the end)")
+    p.add_argument("--copy-videos", action="store_true", help="copy the videos instead of linking them")
+    p.add_argument("--handedness", choices=("right", "left"), default="right")
+    p.add_argument("--no-images", action="store_true", help="validate capture.json and the calibration only, not "
+                   "every video frame")
+    p.add_argument("--hand-frames", type=int, default=0, metavar="N",
+                   help="also check the calibration against the hand on N frames (MediaPipe's landmarks of each "
+                   "camera against the other cameras' triangulation; a heuristic: a detector error on a hard view "
+                   "reads as a calibration error too)")
+    p.set_defaults(func=_import_capture)
 
     p = sub.add_parser("prepare-mano", parents=[common], help="convert the official MANO pickle into a plain .npz",
                        description="Convert MANO_RIGHT.pkl (chumpy objects) into an .npz that smplx loads. "
