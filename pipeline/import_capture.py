@@ -65,11 +65,37 @@ def video_info(path: Path) -> tuple[int, int, int]:
     return w, h, n
 
 
+def observe_hands(videos: list[Path], frames: int, handedness: str = "right") -> np.ndarray:
+    """MediaPipe's hand (the given handedness, best score) in the first ``frames`` frames of every video:
+    (frames, V, 21, 2) image pixels, NaN where none was found."""
+    from tqdm import tqdm
+
+    from .detect import MediaPipeHands, _pick_by_handedness
+
+    obs = np.full((frames, len(videos), 21, 2), np.nan)
+    with MediaPipeHands(max_num_hands=2) as det:
+        for v, path in enumerate(tqdm(videos, desc="hands for frame offsets", unit="video")):
+            cap = cv2.VideoCapture(str(path))
+            try:
+                for f in range(frames):
+                    ok, img = cap.read()
+                    if not ok:
+                        break
+                    hand = _pick_by_handedness(det(img), handedness)
+                    if hand is not None:
+                        obs[f, v] = hand.landmarks
+            finally:
+                cap.release()
+    return obs
+
+
 def import_capture(out: str | Path, videos: str, calibration: str | Path, fmt: str = "auto", units: str = "auto",
                    frame_offsets: Optional[dict] = None, every: int = 1, start: Optional[int] = None,
-                   end: Optional[int] = None, copy: bool = False, handedness: str = "right") -> tuple[Capture, dict]:
+                   end: Optional[int] = None, copy: bool = False, handedness: str = "right",
+                   estimate_offsets: int = 0, max_offset: int = 10) -> tuple[Capture, dict]:
     """Write ``OUT/capture.json`` (+ ``OUT/videos/``); returns the capture and a summary (see
-    :func:`format_import_summary`)."""
+    :func:`format_import_summary`). ``estimate_offsets`` > 0: the frame offsets estimated from the hand in
+    that many first frames of every video (:mod:`pipeline.sync`; the curves go to ``OUT/sync.json``)."""
     out = Path(out)
     if (out / CAPTURE_FILE).exists():
         raise HamucoError(f"{out}: already holds a capture ({CAPTURE_FILE}); choose another directory")
@@ -88,6 +114,18 @@ def import_capture(out: str | Path, videos: str, calibration: str | Path, fmt: s
                           + (f"  no calibration for: {', '.join(no_calib)}\n" if no_calib else "")
                           + "  (videos are matched as <camera name>.<ext>; rename them or the cameras)")
     offsets = dict(frame_offsets or {})
+    sync = None
+    if estimate_offsets:
+        from .sync import estimate_offsets as estimate
+        from .triangulate import projection_matrices
+
+        if offsets:
+            raise HamucoError("give --frame-offsets or have them estimated, not both")
+        m = calib.in_metres()
+        P = projection_matrices(np.stack([c.K for c in m]), np.stack([c.R for c in m]), np.stack([c.t for c in m]))
+        obs = observe_hands([vids[n] for n in names], estimate_offsets, handedness)
+        sync = estimate(P, obs, names, 0, max_offset)
+        offsets = {n: e["offset"] for n, e in sync.items() if e.get("offset") and not e.get("ambiguous")}
     unknown = sorted(set(offsets) - set(names))
     if unknown:
         raise HamucoError(f"--frame-offsets names camera(s) {unknown} that the calibration does not have "
@@ -132,12 +170,18 @@ def import_capture(out: str | Path, videos: str, calibration: str | Path, fmt: s
                "video_frames": [indices[0], indices[-1] + 1, every] if indices else [],
                "frame_offsets": {c.name: c.frame_offset for c in cameras if c.frame_offset},
                "baseline_m": [round(float(b.min()), 4), round(float(b.max()), 4)] if b.size else [],
-               "videos": "copied" if copy else "linked"}
+               "videos": "copied" if copy else "linked",
+               **({"estimated_offsets": sync} if sync is not None else {})}
     capture = Capture(root=out, cameras=cameras, frame_ids=[f"{i:06d}" for i in indices], handedness=handedness,
                       video_frames=None if identity else indices,
-                      metadata={"name": out.name, "imported_from": {k: v for k, v in summary.items()},
+                      metadata={"name": out.name, "imported_from": {k: v for k, v in summary.items() if k != "estimated_offsets"},
                                 "videos": {c.name: str(vids[c.name].resolve()) for c in cameras}})
     write_capture_json(capture)
+    if sync is not None:
+        from model.atomic import atomic_write_text
+        import json
+
+        atomic_write_text(out / "sync.json", json.dumps(sync, indent=1) + "\n")
     return capture, summary
 
 
@@ -147,6 +191,11 @@ def format_import_summary(s: dict) -> str:
              f"cameras: {s['cameras']}, resolution {', '.join(s['resolutions'])}, videos {s['videos']}",
              f"frames: {s['frames']} (video frames {s['video_frames'][0]}..{s['video_frames'][1]} every "
              f"{s['video_frames'][2]})" if s["video_frames"] else "frames: 0"]
+    if s.get("estimated_offsets"):
+        from .sync import format_offsets
+
+        lines.append("frame offsets estimated from the hand (offset: median two-view reprojection error, px):")
+        lines.append(format_offsets(s["estimated_offsets"]))
     if s["frame_offsets"]:
         lines.append("frame offsets: " + ", ".join(f"{k}={v}" for k, v in s["frame_offsets"].items()))
     if s["baseline_m"]:

@@ -56,7 +56,8 @@ def _import_capture(args: argparse.Namespace) -> int:
     capture, summary = import_capture(args.out, args.videos, args.calibration, fmt=args.format, units=args.units,
                                       frame_offsets=parse_offsets(args.frame_offsets), every=args.every,
                                       start=args.start, end=args.end, copy=args.copy_videos,
-                                      handedness=args.handedness)
+                                      handedness=args.handedness, estimate_offsets=args.estimate_offsets,
+                                      max_offset=args.max_offset)
     print(f"wrote {Path(args.out) / 'capture.json'}")
     print(format_import_summary(summary))
     report = validate_capture(capture.root, check_images=not args.no_images, progress=False,
@@ -479,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-offsets", default=None, metavar="CAM=N,...",
                    help="per camera, how many frames its video runs ahead of the others (capture frame k reads "
                    "video frame k + N)")
+    p.add_argument("--estimate-offsets", type=int, default=0, metavar="FRAMES",
+                   help="estimate the frame offsets from the hand (MediaPipe) in the first FRAMES frames of every "
+                   "video: per camera the offset whose two-view triangulation with the first camera agrees best; "
+                   "the error curves are printed and kept in sync.json (the hand must move)")
+    p.add_argument("--max-offset", type=_int_at_least(0), default=10, help="largest offset tried (default 10)")
     p.add_argument("--every", type=_int_at_least(1), default=1, help="keep every N-th frame")
     p.add_argument("--start", type=int, default=None, help="first video frame (default: the first every video has)")
     p.add_argument("--end", type=int, default=None, help="video frame to stop before (default: the end)")

@@ -291,3 +291,54 @@ def test_colmap_quaternion_convention_and_unsupported_models(tmp_path):
     (tmp_path / "cameras.txt").write_text(text)
     with pytest.raises(HamucoError, match="OPENCV_FISHEYE.*not supported"):
         read_calibration(tmp_path)
+
+
+def test_frame_offsets_are_estimated_from_a_moving_hand_within_one_frame():
+    """Exact observations (a rendered capture's ground-truth 2D joints) of videos shifted on purpose: the
+    two-view triangulation with the reference camera agrees only at the right offset."""
+    from pipeline.sync import estimate_offsets
+    from pipeline.synthetic import DEMO_CONFIG, build_scene
+
+    cfg = replace(DEMO_CONFIG, cameras=5, frames=24, seed=4, image_size=128, keyframe_every=4)
+    scene = build_scene(cfg)
+    from pipeline.triangulate import projection_matrices
+
+    P = projection_matrices(np.stack([c.K for c in scene.cameras]), np.stack([c.R for c in scene.cameras]),
+                            np.stack([c.t for c in scene.cameras]))
+    gt = np.stack([c.project(scene.joints)[0] for c in scene.cameras], axis=1)  # (F, V, 21, 2)
+    truth = {1: 3, 2: -2, 4: 1}
+    obs = np.full_like(gt, np.nan)
+    for c in range(gt.shape[1]):
+        for f in range(gt.shape[0]):
+            if 0 <= f - truth.get(c, 0) < gt.shape[0]:
+                obs[f, c] = gt[f - truth.get(c, 0), c]  # this camera's video frame f shows time f - offset
+    names = [c.name for c in scene.cameras]
+    est = estimate_offsets(P, obs, names, max_offset=5)
+    for c, name in enumerate(names[1:], start=1):
+        e = est[name]
+        assert abs(e["offset"] - truth.get(c, 0)) <= 1 and not e["ambiguous"], (name, e)
+        assert e["curve"][e["offset"]] == min(v for v in e["curve"].values() if v is not None)
+    # a still hand agrees at every offset: nothing to estimate, and it says so
+    still = np.repeat(gt[:1], gt.shape[0], axis=0)
+    est = estimate_offsets(P, still, names, max_offset=3)
+    assert all(e["ambiguous"] for n, e in est.items() if n != names[0])
+
+
+def test_import_capture_estimate_offsets_reports_its_curves_and_applies_only_clear_estimates(rendered, tmp_path,
+                                                                                            capsys):
+    root, cams = rendered
+    write_opencv(tmp_path / "ocv", cams, "m")
+    base = ["import-capture", str(tmp_path / "cap"), "--videos", str(root / "v"), "--calibration",
+            str(tmp_path / "ocv"), "--units", "m"]
+    assert main(base + ["--estimate-offsets", "3", "--frame-offsets", "cam01=1"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(base + ["--estimate-offsets", "3", "--max-offset", "1"]) == 0
+    out = capsys.readouterr().out
+    sync = json.loads((tmp_path / "cap" / "sync.json").read_text())
+    assert set(sync) == {c["name"] for c in cams} and sync["cam00"] == {"offset": 0, "reference": True}
+    assert "frame offsets estimated from the hand" in out
+    applied = {c.name: c.frame_offset for c in load_capture(tmp_path / "cap").cameras}
+    for name, e in sync.items():
+        if not e.get("reference") and e["offset"] is not None:
+            assert applied[name] == (0 if e["ambiguous"] else e["offset"])
+            assert set(e["curve"]) == {"-1", "0", "1"}  # (JSON keys)
