@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from model.hand_pose import num_key_poses  # noqa: E402
 from model.statistics import paired_difference, seed_frame_interval  # noqa: E402
 from pipeline.science import load_frames, per_frame  # noqa: E402
 from tasks.prepare import PrepareDataset, SyntheticCapture  # noqa: E402
@@ -255,7 +256,8 @@ def rung3(ladder: Ladder) -> dict:
     labels = dict(labeler="mediapipe")
     if ladder.cfg["labels"] == "bootstrapped":  # the multi-view bootstrapped version (issue 21) beside the raw one
         labels.update(bootstrap=True, smooth=ladder.cfg["smooth"])
-        ladder.options = dict(ladder.options, labels="bootstrapped")
+        # a ladder of its own: the other rungs of the same invocation keep the raw labels
+        ladder = Ladder(ladder.cfg, ladder.out, dict(ladder.options, labels="bootstrapped"), ladder.workers)
     res = _generalisation(ladder, labels, ladder.cfg["seeds"], "rung 3")
     res["labels"] = ladder.cfg["labels"] + ("+smoothed" if ladder.cfg["labels"] == "bootstrapped" and ladder.cfg["smooth"]
                                             else "")
@@ -284,11 +286,6 @@ def _validation_log(tp: dict) -> list:
 RUNGS = {1: rung1, 2: rung2, 3: rung3}
 
 
-def key_poses(frames: int, keyframe_every: int) -> int:
-    """Distinct key poses of one capture (``HandPoseSpace.sample_sequence`` draws this many)."""
-    return int(np.ceil(max(frames - 1, 1) / keyframe_every)) + 2
-
-
 def diversity(cfg: dict, out: Path, options: dict, counts: list[int], workers: int, plot: Path | None) -> dict:
     """Rung 2 at equal compute (same steps, same recipe) for each number of training captures: every
     capture brings its own hand shape, skin, background and rig, and its key poses. Runs already made
@@ -298,7 +295,7 @@ def diversity(cfg: dict, out: Path, options: dict, counts: list[int], workers: i
         res = rung2(Ladder(dict(cfg, captures=n), out, options, workers))
         td = res["training_data"]
         rows.append({"captures": n, "hand_shapes": td["captures"], "rigs": td["rigs"], "frames": td["frames"],
-                     "key_poses": td["captures"] * key_poses(cfg["frames"], cfg["keyframe_every"]),
+                     "key_poses": td["captures"] * num_key_poses(cfg["frames"], cfg["keyframe_every"]),
                      "own_frames": {m: res["own_frames"][m]["mean"] for m in MODES},
                      "validation_last": next((c[-1] for c in res.get("validation_curve", []) if c), None),
                      **{k: {m: v[m]["mean"] for m in MODES + ("untrained_single", "constant", "nmpjpe_fusion")}
@@ -344,16 +341,13 @@ def draw_diversity(result: dict, path: Path) -> None:
 
 
 def parse_options(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"learnability: --train takes OPTION=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except ValueError:
-            out[k] = v
-    return out
+    from model.errors import HamucoError
+    from tasks.base import option_values
+
+    try:
+        return option_values(items, "--train")
+    except HamucoError as exc:
+        raise SystemExit(f"learnability: {exc}") from None
 
 
 def merge_results(path: Path, results: dict, entry: dict) -> dict:

@@ -34,6 +34,11 @@ JOINT_LIMITS = np.array([_FINGER_LIMITS[n.split("_", 1)[1]] if not n.startswith(
                          for n in DOF_NAMES])
 
 
+def num_key_poses(n_frames: int, keyframe_every: int) -> int:
+    """How many key poses :meth:`HandPoseSpace.sample_sequence` draws for ``n_frames`` frames."""
+    return int(np.ceil(max(n_frames - 1, 1) / keyframe_every)) + 2
+
+
 class HandPoseSpace:
     """Maps the 20 anatomical angles to MANO's 15 local axis-angle rotations (45 numbers)."""
 
@@ -114,7 +119,7 @@ class HandPoseSpace:
             raise ValueError(f"keyframe_every must be at least 1 (got {keyframe_every})")
         if prior not in POSE_PRIORS:
             raise ValueError(f"pose prior must be one of {', '.join(POSE_PRIORS)} (got {prior!r})")
-        n_keys = int(np.ceil(max(n_frames - 1, 1) / keyframe_every)) + 2
+        n_keys = num_key_poses(n_frames, keyframe_every)
         keys = self.sample(rng, n_keys) if prior == "default" else self.sample_wide(rng, n_keys)
         t = np.arange(n_frames) / keyframe_every
         i = np.minimum(t.astype(int), n_keys - 2)

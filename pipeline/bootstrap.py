@@ -247,6 +247,9 @@ def bootstrap_frame(P: np.ndarray, keypoints: np.ndarray, confidence: np.ndarray
             conf[v, mask] = support[mask]
             source[v, mask] = code
     valid = view_valid | (has_crop & np.any(source == SOURCE_FILLED, axis=1))
+    none = source == SOURCE_NONE  # below min_confidence and not filled: no label in this version
+    kp[none] = 0.0
+    conf[none] = 0.0
     kp[~valid] = 0.0
     conf[~valid] = 0.0
     return BootstrappedFrame(keypoints=kp.astype(np.float32), confidence=conf.astype(np.float32),
@@ -313,9 +316,18 @@ def bootstrap_shards(capture, shard_paths: Sequence, out_paths: Sequence, params
     from .crop import crop_intrinsics
     from .shards import ShardReader, ShardSample, ShardWriter
 
+    from types import SimpleNamespace
+
     readers = [ShardReader(p) for p in shard_paths]
     try:
-        samples = [r[i] for r in readers for i in range(len(r))]
+        # the labels of the whole capture (smoothing spans shards); the crops are read shard by shard below
+        names = ("keypoints", "confidence", "view_valid", "crop_affine")
+        fields = {n: np.concatenate([r.field(n) for r in readers]) for n in names} if readers else {}
+        has_gt = bool(readers) and all("gt_joints_2d" in r.ground_truth_fields for r in readers)
+        gt2d = np.concatenate([r.field("gt_joints_2d") for r in readers]) if has_gt else None
+        n_frames = len(fields["keypoints"]) if readers else 0
+        samples = [SimpleNamespace(**{n: fields[n][i] for n in names}, gt_joints_2d=gt2d[i] if has_gt else None)
+                   for i in range(n_frames)]
         calibrated = all(c.has_intrinsics and c.has_extrinsics for c in capture.cameras)
         V = readers[0].num_views if readers else 0
         S = readers[0].crop_size if readers else 0
@@ -346,8 +358,8 @@ def bootstrap_shards(capture, shard_paths: Sequence, out_paths: Sequence, params
                      if key in reader.attrs}
             attrs["provenance"] = dict(reader.attrs.get("provenance") or {}, bootstrap=provenance)
             with ShardWriter(out, reader.camera_names, reader.crop_size, attrs) as w:
-                for _ in range(len(reader)):
-                    s, b = samples[k], boots[k]
+                for i in range(len(reader)):
+                    s, b = reader[i], boots[k]
                     crop_K = s.crop_K.copy()
                     for v in range(V):
                         if (b.view_valid[v] and not np.all(np.isfinite(crop_K[v]))
@@ -370,6 +382,8 @@ def bootstrap_shards(capture, shard_paths: Sequence, out_paths: Sequence, params
 
 
 def _median(x: np.ndarray) -> Optional[float]:
+    """Median of the finite values, rounded for reports (None when there is none)."""
+    x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
     return round(float(np.median(x)), 3) if x.size else None
 

@@ -26,8 +26,9 @@ Formats and the conversion each needs:
   first).
 
 Units: ``m``, ``cm`` or ``mm`` multiply ``t`` by 1, 0.01 or 0.001; ``auto`` takes metres for EasyMocap and
-COLMAP and, for anipose and OpenCV files, guesses from the median distance of the cameras from their
-centroid (over 30 → mm, over 3 → cm, else m), and says that it guessed.
+COLMAP and, for anipose and OpenCV files, guesses only where the rig's size leaves no doubt: the median
+distance of the cameras from their centroid is at most 5 (metres: a hand rig is 0.2-3 m across) or at
+least 200 (millimetres); in between (centimetres, or a small rig in millimetres) it asks for ``--units``.
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def detect_format(path: Path) -> str:
             return "colmap"
         if "calibration.toml" in names:
             return "anipose"
-        if any(q.suffix.lower() in (".yml", ".yaml", ".xml") for q in p.iterdir()):
+        if any(q.suffix.lower() in (".yml", ".yaml", ".xml", ".json") for q in p.iterdir()):
             return "opencv"
     else:
         if p.suffix.lower() == ".toml":
@@ -125,15 +126,20 @@ def _rotation(value, what: str, where: str) -> np.ndarray:
     return R
 
 
-def _dist(value) -> Optional[np.ndarray]:
+def _dist(value, where: str = "") -> Optional[np.ndarray]:
+    """OpenCV distortion coefficients padded with zeros to the next length OpenCV takes (4, 5, 8, 12, 14);
+    None when absent or all zero."""
     if value is None:
         return None
     d = np.asarray(value, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(d)):
+        raise CalibrationError(f"{where}: distortion coefficients hold NaN or infinity")
     if d.size == 0 or not np.any(d):
         return None
-    if d.size not in (4, 5, 8, 12, 14):
-        d = np.concatenate([d, np.zeros(5 - d.size)]) if d.size < 5 else d
-    return d
+    if d.size > 14:
+        raise CalibrationError(f"{where}: {d.size} distortion coefficients; OpenCV takes at most 14")
+    n = next(k for k in (4, 5, 8, 12, 14) if k >= d.size)
+    return np.concatenate([d, np.zeros(n - d.size)])
 
 
 # ----------------------------------------------------------------------------- formats
@@ -159,7 +165,7 @@ def read_anipose(path: Path) -> tuple[list[CameraCalibration], list[str]]:
         size = sec.get("size")
         cams.append(CameraCalibration(
             name=str(sec.get("name", key)), K=_matrix(sec["matrix"], (3, 3), "matrix", where),
-            dist=_dist(sec.get("distortions")), R=_rotation(sec["rotation"], "rotation", where),
+            dist=_dist(sec.get("distortions"), where), R=_rotation(sec["rotation"], "rotation", where),
             t=_matrix(sec["translation"], (3,), "translation", where),
             size=(int(size[0]), int(size[1])) if size is not None and len(size) == 2 else None))
     if not cams:
@@ -220,7 +226,8 @@ def read_easymocap(path: Path) -> tuple[list[CameraCalibration], list[str]]:
                 raise CalibrationError(f"{extri}: camera {n!r}: needs Rot_{n} (or R_{n}) and T_{n}")
             w, h = _fs_mat(fi, f"W_{n}"), _fs_mat(fi, f"H_{n}")
             cams.append(CameraCalibration(
-                name=n, K=_matrix(K, (3, 3), f"K_{n}", str(intri)), dist=_dist(_fs_mat(fi, f"dist_{n}")),
+                name=n, K=_matrix(K, (3, 3), f"K_{n}", str(intri)),
+                dist=_dist(_fs_mat(fi, f"dist_{n}"), f"{intri}: camera {n!r}"),
                 R=_rotation(rot, f"Rot_{n}/R_{n}", str(extri)), t=_matrix(T, (3,), f"T_{n}", str(extri)),
                 size=(int(w[0]), int(h[0])) if w is not None and h is not None else None))
     finally:
@@ -262,7 +269,8 @@ def read_opencv(path: Path) -> tuple[list[CameraCalibration], list[str]]:
         missing = [what for what, v in (("camera_matrix", K), ("R or rvec", R), ("T or tvec", T)) if v is None]
         if missing:
             raise CalibrationError(f"{f}: camera {f.stem!r}: no {', '.join(missing)}")
-        cams.append(CameraCalibration(name=f.stem, K=_matrix(K, (3, 3), "camera_matrix", str(f)), dist=_dist(D),
+        cams.append(CameraCalibration(name=f.stem, K=_matrix(K, (3, 3), "camera_matrix", str(f)),
+                                      dist=_dist(D, str(f)),
                                       R=_rotation(R, "R", str(f)), t=_matrix(T, (3,), "T", str(f)),
                                       size=(int(w[0]), int(h[0])) if w is not None and h is not None else None))
     return cams, []
@@ -287,7 +295,12 @@ def _lines(path: Path) -> list[tuple[int, str]]:
 
 
 def quaternion_to_matrix(q) -> np.ndarray:
-    w, x, y, z = np.asarray(q, np.float64) / np.linalg.norm(q)
+    """Unit quaternion (w, x, y, z), Hamilton convention as COLMAP writes it → rotation matrix."""
+    q = np.asarray(q, np.float64)
+    n = np.linalg.norm(q)
+    if not np.isfinite(n) or n < 1e-9:
+        raise CalibrationError(f"quaternion {q.tolist()} is not a rotation (zero or not finite)")
+    w, x, y, z = q / n
     return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
                      [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
                      [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
@@ -317,7 +330,7 @@ def read_colmap(path: Path) -> tuple[list[CameraCalibration], list[str]]:
             raise CalibrationError(f"{where}: {model} takes {_COLMAP_PARAMS[model]} parameters, got {len(params)}")
         fx, fy, cx, cy, dist = _COLMAP_MODELS[model](params)
         K = np.array([[fx, 0, cx - 0.5], [0, fy, cy - 0.5], [0, 0, 1.0]])  # COLMAP pixel centres at +0.5
-        intrinsics[f[0]] = (K, _dist(dist), (int(f[2]), int(f[3])))
+        intrinsics[f[0]] = (K, _dist(dist, where), (int(f[2]), int(f[3])))
     cams, seen = [], {}
     body = [(no, ln) for no, ln in _lines(img_file) if not ln.startswith("#")]
     k = 0
@@ -334,12 +347,18 @@ def read_colmap(path: Path) -> tuple[list[CameraCalibration], list[str]]:
         name = colmap_camera_name(" ".join(f[9:]))
         if f[8] not in intrinsics:
             raise CalibrationError(f"{where}: camera id {f[8]} is not in {cam_file.name}")
-        R, t = quaternion_to_matrix([float(x) for x in f[1:5]]), np.array([float(x) for x in f[5:8]])
+        try:
+            R, t = quaternion_to_matrix([float(x) for x in f[1:5]]), np.array([float(x) for x in f[5:8]])
+        except CalibrationError as exc:
+            raise CalibrationError(f"{where}: {exc}") from None
         if name in seen:
             prev = seen[name]
-            if np.abs(prev.R - R).max() > 1e-6 or np.abs(prev.t - t).max() > 1e-6:
-                raise CalibrationError(f"{where}: camera {name!r} has images at different poses (a moving camera, "
-                                       "or images of several cameras named alike): one pose per camera is needed")
+            angle = np.degrees(np.arccos(np.clip((np.trace(prev.R.T @ R) - 1) / 2, -1, 1)))
+            moved = np.linalg.norm(prev.centre - (-R.T @ t))
+            if angle > 0.5 or moved > 0.01 * max(np.linalg.norm(prev.centre), 1e-9):
+                raise CalibrationError(f"{where}: camera {name!r} has images at different poses ({angle:.2f}° and "
+                                       f"{moved:.3g} apart: a moving camera, or images of several cameras named "
+                                       "alike): one pose per camera is needed")
             continue
         K, dist, size = intrinsics[f[8]]
         seen[name] = CameraCalibration(name=name, K=K, dist=dist, R=R, t=t, size=size)
@@ -352,10 +371,17 @@ def read_colmap(path: Path) -> tuple[list[CameraCalibration], list[str]]:
 READERS = {"anipose": read_anipose, "easymocap": read_easymocap, "opencv": read_opencv, "colmap": read_colmap}
 
 
-def guess_units(cams: list[CameraCalibration]) -> str:
+def guess_units(cams: list[CameraCalibration], source: str = "") -> str:
+    """m or mm from the rig's spread where it leaves no doubt (module notes); otherwise an error asking for
+    --units."""
     C = np.stack([c.centre for c in cams])
     spread = float(np.median(np.linalg.norm(C - C.mean(0), axis=1))) if len(cams) > 1 else float(np.linalg.norm(C))
-    return "mm" if spread > 30 else "cm" if spread > 3 else "m"
+    if spread <= 5:
+        return "m"
+    if spread >= 200:
+        return "mm"
+    raise CalibrationError(f"{source}: the cameras lie a median {spread:.3g} units from their centre: centimetres, "
+                           "or a small rig in millimetres? give --units cm or --units mm")
 
 
 def read_calibration(path: str | Path, fmt: str = "auto", units: str = "auto") -> Calibration:
@@ -367,7 +393,10 @@ def read_calibration(path: str | Path, fmt: str = "auto", units: str = "auto") -
         raise CalibrationError(f"unknown calibration format {fmt!r} (choose {', '.join(FORMATS)} or auto)")
     if units not in ("auto", *UNITS):
         raise CalibrationError(f"unknown units {units!r} (choose m, cm, mm or auto)")
-    cams, notes = READERS[fmt](path)
+    try:
+        cams, notes = READERS[fmt](path)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        raise CalibrationError(f"{path}: malformed {fmt} calibration ({type(exc).__name__}: {exc})") from None
     names = [c.name for c in cams]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -380,9 +409,24 @@ def read_calibration(path: str | Path, fmt: str = "auto", units: str = "auto") -
                 notes.append("COLMAP's scale is the reconstruction's: taken as metres (give --units, or scale "
                              "the model to metres)")
         else:
-            units, guessed = guess_units(cams), True
+            units, guessed = guess_units(cams, str(path)), True
             notes.append(f"units guessed from the camera spread: {units} (give --units to be sure)")
     return Calibration(format=fmt, source=str(path), cameras=cams, units=units, units_guessed=guessed, notes=notes)
+
+
+def undistort_observations(observations: np.ndarray, cameras) -> np.ndarray:
+    """Image points (F, V, J, 2) of cameras with ``K`` and ``dist`` → the pixels a pinhole camera with the
+    same ``K`` would see (``cv2.undistortPoints(..., P=K)``); NaN stays NaN."""
+    out = np.array(observations, dtype=np.float64)
+    for v, c in enumerate(cameras):
+        if c.dist is None or not np.any(c.dist != 0):
+            continue
+        flat = out[:, v].reshape(-1, 2)
+        ok = np.all(np.isfinite(flat), axis=1)
+        if ok.any():
+            flat[ok] = cv2.undistortPoints(flat[ok].reshape(-1, 1, 2), c.K, c.dist, P=c.K).reshape(-1, 2)
+        out[:, v] = flat.reshape(out[:, v].shape)
+    return out
 
 
 def baselines(cams: list[CameraCalibration]) -> np.ndarray:

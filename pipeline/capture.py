@@ -21,7 +21,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -412,19 +412,6 @@ class Capture:
             return decode_image_cached(path) if cached else decode_image(path)
         except CaptureError as exc:
             raise CaptureError(f"{path}: frame {fid}, camera {camera.name}: {exc.reason}") from None
-
-    def iter_video(self, cam: int) -> Iterator[np.ndarray]:
-        """Frames of a video camera in order (faster than seeking frame by frame)."""
-        camera = self.cameras[cam]
-        cap = cv2.VideoCapture(str(self.root / camera.video))
-        try:
-            while True:
-                ok, img = cap.read()
-                if not ok:
-                    return
-                yield img
-        finally:
-            cap.release()
 
     @property
     def ground_truth(self) -> Optional[GroundTruth]:

@@ -13,6 +13,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from model.atomic import atomic_write_file
 from model.errors import HamucoError
 
 from .calibration import Calibration, baselines, read_calibration
@@ -121,9 +122,14 @@ def import_capture(out: str | Path, videos: str, calibration: str | Path, fmt: s
 
         if offsets:
             raise HamucoError("give --frame-offsets or have them estimated, not both")
+        if max_offset < 2:
+            raise HamucoError(f"--max-offset must be at least 2 to estimate offsets (an estimate is judged against "
+                              f"the offsets 2 or more frames away), got {max_offset}")
         m = calib.in_metres()
         P = projection_matrices(np.stack([c.K for c in m]), np.stack([c.R for c in m]), np.stack([c.t for c in m]))
-        obs = observe_hands([vids[n] for n in names], estimate_offsets, handedness)
+        from .calibration import undistort_observations
+
+        obs = undistort_observations(observe_hands([vids[n] for n in names], estimate_offsets, handedness), m)
         sync = estimate(P, obs, names, 0, max_offset)
         offsets = {n: e["offset"] for n, e in sync.items() if e.get("offset") and not e.get("ambiguous")}
     unknown = sorted(set(offsets) - set(names))
@@ -153,12 +159,14 @@ def import_capture(out: str | Path, videos: str, calibration: str | Path, fmt: s
         src = vids[c.name]
         rel = Path("videos") / f"{c.name}{src.suffix.lower()}"
         dst = out / rel
-        if dst.exists() or dst.is_symlink():
-            dst.unlink()
         if copy:
-            shutil.copy2(src, dst)
-        else:
-            os.symlink(src.resolve(), dst)
+            atomic_write_file(dst, lambda tmp, src=src: shutil.copy2(src, tmp))
+        else:  # a link made under a temporary name, then renamed onto the final one
+            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+            if tmp.is_symlink() or tmp.exists():
+                tmp.unlink()
+            os.symlink(src.resolve(), tmp)
+            os.replace(tmp, dst)
         w, h, _ = info[c.name]
         cameras.append(Camera(name=c.name, width=w, height=h, K=c.K, dist=c.dist, R=c.R, t=c.t, video=rel.as_posix(),
                               frame_offset=int(offsets.get(c.name, 0))))

@@ -25,6 +25,7 @@ from model.errors import HamucoError
 from model.hand_model import OPENPOSE_NAMES
 from model.metrics import pa_mpjpe
 
+from .bootstrap import _median
 from .crop import apply_affine, invert_affine
 from .dataset import load_index
 from .shards import ShardReader
@@ -47,7 +48,7 @@ class VersionLabels:
     has_crop: list = field(default_factory=list)  # (V,)
     gt_2d: list = field(default_factory=list)  # (V, J, 2) or None
     gt_world: list = field(default_factory=list)  # (J, 3) or None
-    P_image: list = field(default_factory=list)  # (V, 3, 4) or None (uncalibrated)
+    P_image: list = field(default_factory=list)  # (V, 3, 4), NaN rows for views without calibration or crop
     affines: list = field(default_factory=list)  # (V, 2, 3)
 
 
@@ -78,11 +79,11 @@ def _image_P(sample) -> Optional[np.ndarray]:
     return P
 
 
-def read_versions(index_path: str | Path, prefix: str = "") -> dict[str, VersionLabels]:
+def read_versions(index_path: str | Path) -> dict[str, VersionLabels]:
     """The label versions of a dataset index (every shard, every split)."""
     index = load_index(index_path)
     names = version_names(index)
-    out = {k: VersionLabels(prefix + n) for k, n in names.items()}
+    out = {k: VersionLabels(n) for k, n in names.items()}
     for entry in index["shards"]:
         with ShardReader(entry["path"]) as r:
             if "bootstrapped" in out and not r.has_bootstrapped_labels:
@@ -171,11 +172,6 @@ def records(vl: VersionLabels, threshold_px: float, keep: Optional[set] = None) 
     return Records(**{k: np.concatenate([np.ravel(a) for a in v]) if v else np.array([]) for k, v in cols.items()}), tri
 
 
-def _median(x: np.ndarray) -> Optional[float]:
-    x = x[np.isfinite(x)]
-    return round(float(np.median(x)), 3) if x.size else None
-
-
 def summary(r: Records, mask: np.ndarray) -> dict:
     lab = mask & r.labelled
     err = r.error_px[lab]
@@ -238,11 +234,20 @@ def same_labels(a: VersionLabels, b: VersionLabels) -> bool:
         for i, k in shared)
 
 
+def _image_points(vl: VersionLabels, i: int, v: int) -> np.ndarray:
+    """Version ``vl``'s labels of sample ``i``, view ``v`` in image pixels (two indexes may crop differently)."""
+    A = vl.affines[i][v]
+    if not np.all(np.isfinite(A)):
+        return np.full((21, 2), np.nan)
+    return apply_affine(vl.keypoints[i][v], invert_affine(A))
+
+
 def agreement(a: VersionLabels, b: VersionLabels) -> dict:
-    """Two versions on the same views (matched by capture, frame and camera name): median distance per
-    joint where both label, and with ground truth, the share where each is closer."""
+    """Two versions on the same views (matched by capture, frame and camera name), compared in image pixels
+    (the indexes may have other crops): median distance per joint where both label, and with ground truth,
+    the share of those joints where each is closer."""
     idx = {k: i for i, k in enumerate(b.keys)}
-    dist, closer_a, closer_b, per_joint = [], 0, 0, [[] for _ in range(21)]
+    dist, closer_a, closer_b, with_gt, per_joint = [], 0, 0, 0, [[] for _ in range(21)]
     for i, key in enumerate(a.keys):
         k = idx.get(key)
         if k is None:
@@ -253,20 +258,25 @@ def agreement(a: VersionLabels, b: VersionLabels) -> dict:
             if w is None:
                 continue
             both = (a.valid[i][v] & b.valid[k][w]) & (a.confidence[i][v] > 0) & (b.confidence[k][w] > 0)
-            d = np.linalg.norm(a.keypoints[i][v] - b.keypoints[k][w], axis=-1)
+            pa, pb = _image_points(a, i, v), _image_points(b, k, w)
+            d = np.linalg.norm(pa - pb, axis=-1)
+            both &= np.isfinite(d)
             for j in np.nonzero(both)[0]:
                 per_joint[j].append(d[j])
             dist.append(d[both])
-            if a.gt_2d[i] is not None and b.gt_2d[k] is not None:
+            if a.gt_2d[i] is not None and b.gt_2d[k] is not None:  # crop px, each against its own crop's truth
                 ea = np.linalg.norm(a.keypoints[i][v] - a.gt_2d[i][v], axis=-1)
                 eb = np.linalg.norm(b.keypoints[k][w] - b.gt_2d[k][w], axis=-1)
-                closer_a += int((both & (ea < eb)).sum())
-                closer_b += int((both & (eb < ea)).sum())
+                has = both & np.isfinite(ea) & np.isfinite(eb)
+                with_gt += int(has.sum())
+                closer_a += int((has & (ea < eb)).sum())
+                closer_b += int((has & (eb < ea)).sum())
     d = np.concatenate(dist) if dist else np.array([])
-    out = {"a": a.name, "b": b.name, "joints_both_label": int(d.size), "median_distance_px": _median(d),
-           "per_joint_median_px": [_median(np.array(x)) for x in per_joint]}
-    if closer_a + closer_b:
-        out.update(a_closer_share=round(closer_a / d.size, 4), b_closer_share=round(closer_b / d.size, 4))
+    out = {"a": a.name, "b": b.name, "joints_both_label": int(d.size), "median_distance_image_px": _median(d),
+           "per_joint_median_image_px": [_median(np.array(x)) for x in per_joint]}
+    if with_gt:
+        out.update(a_closer_share=round(closer_a / with_gt, 4), b_closer_share=round(closer_b / with_gt, 4),
+                   joints_with_ground_truth=with_gt)
     return out
 
 
@@ -351,8 +361,7 @@ def _figures(result: dict) -> dict:
         y = [result["versions"][n]["per_camera"].get(c, {}).get(key) or np.nan for c in cams]
         ax.bar(np.arange(len(cams)) + i * width, y, width, label=n)
     ax.set_xticks(np.arange(len(cams)) + 0.4 - width / 2, cams, rotation=45, fontsize=7)
-    ax.set_ylabel(ax.get_ylabel() or ("median 2D error (crop px)" if result["ground_truth"]
-                                      else "median reprojection error (image px)"))
+    ax.set_ylabel("median 2D error (crop px)" if result["ground_truth"] else "median reprojection error (image px)")
     ax.legend(fontsize=7)
     figs["per_camera"] = _png(fig)
     return figs
@@ -411,7 +420,7 @@ def render_label_report(result: dict) -> str:
         rows = [{**a, "pair": f"{a['a']} vs {a['b']}"} for a in result["agreement"]]
         parts.append("<h2>Agreement</h2>" + _table(
             rows, [("pair", "versions", 0), ("joints_both_label", "joints both label", 0),
-                   ("median_distance_px", "median distance (px)", 2), ("a_closer_share", "first closer", 3),
+                   ("median_distance_image_px", "median distance (image px)", 2), ("a_closer_share", "first closer", 3),
                    ("b_closer_share", "second closer", 3)], "on the views both label"))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -178,17 +178,23 @@ def check_calibration(capture: Capture) -> list[Problem]:
         others = [o for m, o in enumerate(cc) if m not in skip]
         return scene_centre(others) if len(others) >= 2 else None
 
+    def meaningful(X, skip: set) -> bool:
+        """A scene centre in front of (nearly) every camera it was found from; near-parallel axes that
+        diverge put the least-squares point behind them all, and then it says nothing."""
+        depths = [(o.R @ X + o.t)[2] for m, o in enumerate(cc) if m not in skip]
+        return X is not None and np.mean(np.array(depths) > 0) >= 0.75
+
     behind = set()
     for k, c in enumerate(cams):
         X = centre_without({k})
-        if X is not None and (c.R @ X + c.t)[2] <= 0:
+        if X is not None and meaningful(X, {k}) and (c.R @ X + c.t)[2] <= 0:
             behind.add(k)
             problems.append(Problem("error", "calibration_facing", "the scene (the point the other cameras look at) "
                                     "is behind this camera: a transposed rotation, or a camera-to-world pose "
                                     "given as world-to-camera?", where, camera=c.name))
     for k, c in enumerate(cams):
         X = centre_without({k} | behind)  # the cameras already found wrong do not move the scene
-        if k in behind or X is None or c.K is None:
+        if k in behind or X is None or c.K is None or not meaningful(X, {k} | behind):
             continue
         uv, depth = c.project(X[None])
         u, v = uv[0]
@@ -210,7 +216,7 @@ def calibration_consistency(capture: Capture, observations: np.ndarray, factor: 
     left out of them and the others measured again; it is an error when its median exceeds ``floor_share``
     of its image's shorter side and ``factor`` × the other cameras' median. One camera per run (fix it and
     validate again). Returns the problems and each camera's median (None where it saw too little)."""
-    from .triangulate import projection_matrices, triangulate_ransac
+    from .triangulate import projection_matrices, reprojection_errors, triangulate_ransac
 
     cams = capture.cameras
     if len(cams) < 4 or not all(c.has_intrinsics and c.has_extrinsics for c in cams):
@@ -218,6 +224,9 @@ def calibration_consistency(capture: Capture, observations: np.ndarray, factor: 
     P = projection_matrices(np.stack([c.K for c in cams]), np.stack([c.R for c in cams]),
                             np.stack([c.t for c in cams]))
     J = observations.shape[2]
+    from .calibration import undistort_observations
+
+    observations = undistort_observations(observations, cams)  # triangulation and comparison are pinhole
 
     def medians(exclude: set) -> dict:
         errors: list[list] = [[] for _ in cams]
@@ -233,8 +242,7 @@ def calibration_consistency(capture: Capture, observations: np.ndarray, factor: 
                 X = triangulate_ransac(P, np.where(np.isfinite(uv), uv, 0.0), conf, threshold_px=25.0).joints
                 ok = np.all(np.isfinite(X), axis=1)
                 if ok.any():
-                    proj, depth = cams[ci].project(X[ok])
-                    errors[ci].append(np.where(depth > 0, np.linalg.norm(proj - uv[ci][ok], axis=1), np.inf))
+                    errors[ci].append(reprojection_errors(P[ci:ci + 1], X[ok], uv[ci:ci + 1, ok])[0])
         return {c.name: (round(float(np.median(np.concatenate(e))), 2) if e else None) for c, e in zip(cams, errors)}
 
     def relative(med: dict, k: int) -> float:

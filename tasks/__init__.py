@@ -1,5 +1,5 @@
 """Luigi tasks (``python -m luigi --module tasks ...``) and the ``hamuco`` command line."""
-from .prepare import (CaptureReport, Demo, DetectHands, LabelShard, OpenPoseLabeler, PrepareDataset,  # noqa: F401
+from .prepare import (BootstrapLabels, CaptureReport, Demo, DetectHands, LabelShard, OpenPoseLabeler, PrepareDataset,  # noqa: F401
                       SyntheticCapture, ValidateCapture)
 from .train import DatasetIndex, PretrainBackbone, TrainModel  # noqa: F401,E402
 from .evaluate import Checkpoint, EvaluateModel  # noqa: F401,E402

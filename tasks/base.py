@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import json
 import os
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -88,6 +89,21 @@ class HamucoTask(luigi.Task):
         if isinstance(exception, HamucoError):  # what the scheduler shows (luigid's page): the message
             return f"{type(exception).__name__}: {exception}"
         return super().on_failure(exception)
+
+
+def option_values(items: list[str], flag: str = "--train") -> dict:
+    """``OPTION=VALUE`` pairs (of a repeatable command-line flag) → {option: value}; a value that reads as
+    JSON (a number, true, a list) is taken as such, and dashes in names become underscores."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise HamucoError(f"{flag} takes OPTION=VALUE, got {item!r}")
+        try:
+            out[name.replace("-", "_")] = json.loads(value)
+        except ValueError:
+            out[name.replace("-", "_")] = value
+    return out
 
 
 def check_output_dir(path: str | os.PathLike, option: str = "--out", file: bool = False) -> Path:

@@ -319,20 +319,6 @@ def _labels_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _option_values(items: list[str]) -> dict:
-    """``OPTION=VALUE`` pairs; a value that reads as JSON (a number, true, a list) is taken as such."""
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise HamucoError(f"--train-option takes OPTION=VALUE, got {item!r}")
-        try:
-            out[name.replace("-", "_")] = json.loads(value)
-        except ValueError:
-            out[name.replace("-", "_")] = value
-    return out
-
-
 def _demo(args: argparse.Namespace) -> int:
     from pipeline.capture import load_capture
     from pipeline.synthetic import format_summary, summarize
@@ -342,7 +328,9 @@ def _demo(args: argparse.Namespace) -> int:
     from tasks.base import check_output_dir
 
     check_output_dir(args.out)
-    task = Demo(out=args.out, precision=args.precision, train_options=_option_values(args.train_option))
+    from tasks.base import option_values
+
+    task = Demo(out=args.out, precision=args.precision, train_options=option_values(args.train_option, "--train-option"))
     if not _run_luigi(args, [task], args.workers, args.scheduler_host, args.scheduler_port):
         return EXIT_INVALID
     capture_dir = Path(args.out) / "capture"

@@ -124,6 +124,9 @@ class TrainModel(HamucoTask):
         if self.lr_schedule == "warmup-cosine" and not 0 < self.lr_warmup_steps < self.steps:
             raise HamucoError(f"{self.task_family}: --lr-schedule warmup-cosine needs 0 < --lr-warmup-steps < "
                               f"--steps, got {self.lr_warmup_steps} and {self.steps}")
+        if self.lr_schedule != "warmup-cosine" and self.lr_warmup_steps:
+            raise HamucoError(f"{self.task_family}: --lr-warmup-steps belongs to --lr-schedule warmup-cosine "
+                              f"(the schedule is {self.lr_schedule})")
 
     def requires(self):
         return DatasetIndex(path=self.dataset)

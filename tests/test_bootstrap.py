@@ -119,11 +119,19 @@ def test_smoothing_reduces_noise_on_real_motion_and_bootstrap_uses_it():
     err_raw = np.linalg.norm(noisy - truth, axis=-1).mean()
     err_smooth = np.linalg.norm(out - truth, axis=-1).mean()
     assert err_smooth < 0.75 * err_raw
-    # through bootstrap_capture: with smoothing the reprojected joints are the smoothed ones
+    # through bootstrap_capture: with smoothing the reprojected joints are the smoothed triangulations
+    from pipeline.bootstrap import triangulate_frame
+
     P, frames, _ = capture_frames(frames=9)
-    res = bootstrap_capture(P, frames, CROP, BootstrapParams(smooth=True))
+    params = BootstrapParams(smooth=True)
+    res = bootstrap_capture(P, frames, CROP, params)
     assert len(res.frames) == 9 and not res.rejected.any()
-    assert all(np.isfinite(fr.joints).all() for fr in res.frames)
+    tri = np.stack([triangulate_frame(P, f["keypoints"], f["confidence"], f["crop_affine"], f["view_valid"],
+                                      params).joints for f in frames])
+    smoothed, _, _ = smooth_joints(tri, np.isfinite(tri).all(-1), params.smooth_window, params.smooth_order,
+                                   params.outlier_mm / 1000, params.max_gap)
+    assert np.allclose(np.stack([fr.joints for fr in res.frames]), smoothed, atol=1e-6)
+    assert not np.allclose(smoothed, tri)  # (the smoothing did something)
 
 
 def test_bad_parameters_are_refused_with_their_names():

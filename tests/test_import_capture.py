@@ -259,10 +259,13 @@ def test_a_transposed_rotation_is_caught_by_what_the_other_cameras_see(rendered,
     assert med["cam02"] > 20 and max(v for k, v in med.items() if k != "cam02") < 0.5, med
     problems, med = calibration_consistency(syn, obs)  # the right calibration
     assert problems == [] and max(med.values()) < 0.1, med
-    # the same check on MediaPipe's landmarks: a median per camera, in the report
-    assert main(["validate", str(tmp_path / "cap"), "--quiet", "--hand-frames", "2"]) in (0, 1)
-    line = next(ln for ln in capsys.readouterr().out.splitlines() if "hand reprojection per camera" in ln)
+    # the same check on MediaPipe's landmarks (a heuristic, README): a median per camera in the report, and
+    # the command fails exactly when it flags a camera
+    code = main(["validate", str(tmp_path / "cap"), "--quiet", "--hand-frames", "2"])
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "hand reprojection per camera" in ln)
     assert len(line.split(": ", 1)[1].split(", ")) == 6
+    assert code == (1 if "[calibration_reprojection]" in out else 0)
 
 
 @pytest.mark.parametrize("fmt", ["anipose", "easymocap", "opencv", "colmap"])
@@ -316,7 +319,7 @@ def test_frame_offsets_are_estimated_from_a_moving_hand_within_one_frame():
     est = estimate_offsets(P, obs, names, max_offset=5)
     for c, name in enumerate(names[1:], start=1):
         e = est[name]
-        assert abs(e["offset"] - truth.get(c, 0)) <= 1 and not e["ambiguous"], (name, e)
+        assert e["offset"] == truth.get(c, 0) and not e["ambiguous"], (name, e)  # exact data: exact offsets
         assert e["curve"][e["offset"]] == min(v for v in e["curve"].values() if v is not None)
     # a still hand agrees at every offset: nothing to estimate, and it says so
     still = np.repeat(gt[:1], gt.shape[0], axis=0)
@@ -326,13 +329,17 @@ def test_frame_offsets_are_estimated_from_a_moving_hand_within_one_frame():
 
 def test_import_capture_estimate_offsets_reports_its_curves_and_applies_only_clear_estimates(rendered, tmp_path,
                                                                                             capsys):
+    """The command's mechanics on MediaPipe's landmarks (whether they suffice is the README's question; the
+    estimator itself is tested on exact observations above): curves kept, only clear estimates applied."""
     root, cams = rendered
     write_opencv(tmp_path / "ocv", cams, "m")
     base = ["import-capture", str(tmp_path / "cap"), "--videos", str(root / "v"), "--calibration",
             str(tmp_path / "ocv"), "--units", "m"]
     assert main(base + ["--estimate-offsets", "3", "--frame-offsets", "cam01=1"]) == 2
     assert "not both" in capsys.readouterr().err
-    assert main(base + ["--estimate-offsets", "3", "--max-offset", "1"]) == 0
+    assert main(base + ["--estimate-offsets", "3", "--max-offset", "1"]) == 2
+    assert "--max-offset must be at least 2" in capsys.readouterr().err
+    assert main(base + ["--estimate-offsets", "3", "--max-offset", "2"]) == 0
     out = capsys.readouterr().out
     sync = json.loads((tmp_path / "cap" / "sync.json").read_text())
     assert set(sync) == {c["name"] for c in cams} and sync["cam00"] == {"offset": 0, "reference": True}
@@ -341,4 +348,20 @@ def test_import_capture_estimate_offsets_reports_its_curves_and_applies_only_cle
     for name, e in sync.items():
         if not e.get("reference") and e["offset"] is not None:
             assert applied[name] == (0 if e["ambiguous"] else e["offset"])
-            assert set(e["curve"]) == {"-1", "0", "1"}  # (JSON keys)
+            assert set(e["curve"]) == {"-2", "-1", "0", "1", "2"}  # (JSON keys)
+
+
+def test_units_are_guessed_only_where_the_rig_leaves_no_doubt(tmp_path):
+    cams = rig()
+    for unit, expected in (("m", "m"), ("mm", "mm"), ("cm", None)):
+        path = write_anipose(tmp_path / f"{unit}.toml", cams, unit)
+        if expected is None:  # a 1.2 m rig in centimetres could be a small one in millimetres: ask
+            with pytest.raises(HamucoError, match="give --units cm or --units mm"):
+                read_calibration(path)
+        else:
+            calib = read_calibration(path)
+            assert calib.units == expected and calib.units_guessed
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[cam_0]\nname = "a"\nmatrix = [[1, 0], [0, 1]]\nrotation = [0, 0, 0]\ntranslation = [0, 0, 1]\n')
+    with pytest.raises(HamucoError, match="matrix must be 3x3"):
+        read_calibration(bad, units="m")

@@ -76,9 +76,10 @@ def test_demo_takes_training_options_but_refuses_unknown_ones_or_those_it_sets_i
 
 
 def test_hamuco_demo_passes_train_options_and_refuses_bad_ones_before_any_work(tmp_path, capsys):
-    from tasks.cli import EXIT_USAGE, _option_values, main
+    from tasks.base import option_values
+    from tasks.cli import EXIT_USAGE, main
 
-    assert _option_values(["articulation=pca", "pca-components=20", "cross_view_warmup=60"]) == {
+    assert option_values(["articulation=pca", "pca-components=20", "cross_view_warmup=60"]) == {
         "articulation": "pca", "pca_components": 20, "cross_view_warmup": 60}
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--train-option", "steps=5"]) == EXIT_USAGE
