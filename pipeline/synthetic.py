@@ -61,6 +61,10 @@ class SynthConfig:
     pose_prior: str = "default"  # "default" (open to fist around one grasp) or "wide" (model.hand_pose)
     shape_sigma: float = 0.8  # spread of the hand-shape coefficients β (clipped to ±2)
     roll_deg: float = 8.0  # each camera's roll about its axis is uniform in ±this (in-plane rotation)
+    # the hand's centre wanders up to this many metres from the rig's centre over time (0: it stays within
+    # ~2 cm); the cameras' focal length shrinks to keep it in view. What frame sync and calibration checks
+    # need: a hand that moves through the scene, as real hands do
+    travel: float = 0.0
 
     def check(self) -> None:
         problems = []
@@ -90,6 +94,8 @@ class SynthConfig:
             problems.append(f"shape_sigma must be between 0 and 3 (got {self.shape_sigma})")
         if not 0 <= self.roll_deg <= 180:
             problems.append(f"roll_deg must be between 0 and 180 (got {self.roll_deg})")
+        if not 0 <= self.travel <= 0.3:
+            problems.append(f"travel must be between 0 and 0.3 metres (got {self.travel})")
         if problems:
             raise HamucoError("invalid synthetic capture settings: " + "; ".join(problems))
 
@@ -130,7 +136,7 @@ def _camera_rig(cfg: SynthConfig, rng: np.random.Generator) -> list[Camera]:
         roll = axis_angle_to_matrix(np.array([0.0, 0.0, np.deg2rad(rng.uniform(-cfg.roll_deg, cfg.roll_deg))]))
         R = roll @ R
         t = -R @ centre
-        f = 0.7 * W * d / 0.21 * rng.uniform(0.94, 1.06)
+        f = 0.7 * W * d / (0.21 + 2 * cfg.travel) * rng.uniform(0.94, 1.06)
         K = np.array([[f, 0, W / 2 - 0.5 + rng.uniform(-0.02, 0.02) * W],
                       [0, f * rng.uniform(0.995, 1.005), H / 2 - 0.5 + rng.uniform(-0.02, 0.02) * H],
                       [0, 0, 1]])
@@ -223,6 +229,11 @@ def build_scene(cfg: SynthConfig) -> Scene:
     joints = out.joints.numpy()
     phase = rng.uniform(0, 2 * np.pi, (2, 3))
     centre = 0.012 * (np.sin(tt / 9.0 + phase[0]) + 0.5 * np.sin(tt / 4.3 + phase[1]))
+    if cfg.travel > 0:  # its own stream: captures without travel stay what they were
+        trng = np.random.default_rng([cfg.seed, 22])
+        slow = np.sin(2 * np.pi * tt / trng.uniform(16, 28, 3) + trng.uniform(0, 2 * np.pi, 3))
+        fast = np.sin(2 * np.pi * tt / trng.uniform(6, 10, 3) + trng.uniform(0, 2 * np.pi, 3))
+        centre = centre + cfg.travel * (slow + 0.5 * fast) / 1.5
     transl = centre - joints[:, ROOT_JOINT]
     verts = out.vertices.numpy() + transl[:, None]
     joints = joints + transl[:, None]

@@ -24,7 +24,7 @@ def _synth(args: argparse.Namespace) -> int:
                       rig=args.rig, distance=args.distance, hand_model=args.hand_model,
                       handedness=args.handedness, occluders=args.occluders, image_format=args.image_format,
                       keyframe_every=args.keyframe_every, pose_prior=args.pose_prior, shape_sigma=args.shape_sigma,
-                      roll_deg=args.roll_deg)
+                      roll_deg=args.roll_deg, travel=args.travel)
     cfg.check()
     capture = generate_capture(args.out, cfg, overwrite=args.overwrite, workers=args.workers,
                                progress=not args.quiet)
@@ -430,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape-sigma", type=float, default=0.8, help="spread of the hand-shape coefficients (default 0.8)")
     p.add_argument("--roll-deg", type=float, default=8.0,
                    help="each camera's roll about its axis is uniform in +-this many degrees (default 8)")
+    p.add_argument("--travel", type=float, default=0.0, metavar="METRES",
+                   help="the hand wanders up to this far from the rig's centre over time, the cameras widen their "
+                   "view to keep it (default 0: it stays within ~2 cm)")
     p.add_argument("--workers", type=_int_at_least(1), default=min(2, os.cpu_count() or 1),
                    help="rendering processes (default: up to 2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
