@@ -221,22 +221,36 @@ def test_a_mis_scaled_or_transposed_calibration_is_caught_naming_the_camera(tmp_
     assert len(lines) == 1 and "camera cam02" in lines[0] and lines[0].strip().startswith("error")
 
 
+def distort_image(img: np.ndarray, K: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """What a lens with OpenCV distortion ``dist`` would have recorded of a pinhole render: the distorted
+    image's pixel p shows the render at undistort(p)."""
+    h, w = img.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    pts = np.stack([xs.ravel(), ys.ravel()], axis=1)[:, None]
+    src = cv2.undistortPoints(pts, K, dist, P=K).reshape(h, w, 2).astype(np.float32)
+    return cv2.remap(img, src[..., 0], src[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    """A synthetic capture of a hand (6 cameras, 3 frames) and its views as one MJPG video per camera."""
+    """A synthetic capture of a hand (6 cameras, 3 frames) and its views as one MJPG video per camera, seen
+    through lenses with distortion (k1, k2, p1, p2: what all four formats hold)."""
     from pipeline.synthetic import DEMO_CONFIG, generate_capture
 
     root = tmp_path_factory.mktemp("rendered")
     syn = generate_capture(root / "syn", replace(DEMO_CONFIG, cameras=6, frames=3, seed=3, image_size=256),
                            progress=False)
     (root / "v").mkdir()
+    rng = np.random.default_rng(5)
+    cams = []
     for i, c in enumerate(syn.cameras):
+        d = DIST * rng.uniform(0.8, 1.2, 5) * np.array([1, 1, 1, 1, 0])
         out = cv2.VideoWriter(str(root / "v" / f"{c.name}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10,
                               (c.width, c.height))
         for k in range(syn.num_frames):
-            out.write(syn.read_image(i, k))
+            out.write(distort_image(syn.read_image(i, k), c.K, d))
         out.release()
-    cams = [dict(name=c.name, K=c.K, dist=None, R=c.R, t=c.t, size=(c.width, c.height)) for c in syn.cameras]
+        cams.append(dict(name=c.name, K=c.K, dist=d, R=c.R, t=c.t, size=(c.width, c.height)))
     return root, cams
 
 
@@ -248,8 +262,9 @@ def test_a_transposed_rotation_is_caught_by_what_the_other_cameras_see(rendered,
     from pipeline.validate import calibration_consistency
 
     root, cams = rendered
-    syn = load_capture(root / "syn")
-    obs = syn.ground_truth.joints_2d  # (F, V, 21, 2)
+    joints = load_capture(root / "syn").ground_truth.joints_world  # (F, 21, 3)
+    obs = np.stack([original_projection(c, joints.reshape(-1, 3)).reshape(len(joints), 21, 2) for c in cams],
+                   axis=1)  # (F, V, 21, 2) through the lenses
     write_opencv(tmp_path / "ocv", cams, "m", transpose="cam02")
     assert main(["import-capture", str(tmp_path / "cap"), "--videos", str(root / "v"), "--calibration",
                  str(tmp_path / "ocv"), "--units", "m"]) == 0  # geometry alone passes it
@@ -257,14 +272,17 @@ def test_a_transposed_rotation_is_caught_by_what_the_other_cameras_see(rendered,
     problems, med = calibration_consistency(load_capture(tmp_path / "cap"), obs)
     assert [p.camera for p in problems] == ["cam02"] and problems[0].code == "calibration_reprojection"
     assert med["cam02"] > 20 and max(v for k, v in med.items() if k != "cam02") < 0.5, med
-    problems, med = calibration_consistency(syn, obs)  # the right calibration
+    write_opencv(tmp_path / "right", cams, "m")
+    assert main(["import-capture", str(tmp_path / "cap-right"), "--videos", str(root / "v"), "--calibration",
+                 str(tmp_path / "right"), "--units", "m"]) == 0
+    problems, med = calibration_consistency(load_capture(tmp_path / "cap-right"), obs)  # the right calibration
     assert problems == [] and max(med.values()) < 0.1, med
 
 
 @pytest.mark.parametrize("fmt", ["anipose", "easymocap", "opencv", "colmap"])
 def test_an_imported_capture_of_a_rendered_hand_validates_and_prepares(rendered, tmp_path, capsys, fmt):
-    """Videos of a synthetic capture's views and its rig written in each format: import, validate, prepare
-    with MediaPipe (the three-command path of the README)."""
+    """Videos of a synthetic capture's views through distorting lenses and its rig written in each format:
+    import, validate, prepare with MediaPipe (the three-command path of the README)."""
     root, cams = rendered
     calib = {"anipose": lambda: write_anipose(tmp_path / "calibration.toml", cams, "m"),
              "easymocap": lambda: write_easymocap(tmp_path / "em", cams),
