@@ -21,7 +21,8 @@ mode (single, interaction, fusion), NMPJPE of fusion, median orientation error (
 camera frame; fusion, in the world), the untrained network (same seed, same initialisation) and the
 constant pose (the Procrustes mean of the training captures' ground truth) on the same frames,
 steps, minutes and the CPU it ran on. It is printed as JSON on the last line and merged into
-``results/learnability.json`` (keys ``rung1``, ``rung2``, ``rung3`` hold the latest run of each rung;
+``results/learnability.json`` (keys ``rung1``, ``rung2``, ``rung3`` hold the latest run of each rung,
+``rung3_bootstrapped`` the latest rung 3 on the bootstrapped labels (``--labels bootstrapped``);
 ``history`` every run, with the options it was run with). Everything runs as Luigi tasks: an
 interrupted ladder started again resumes, and a run with other ``--train`` options reuses the
 captures and labels.
