@@ -85,7 +85,25 @@ def test_shape_and_roll_settings_spread_what_they_name():
     assert np.abs(small).max() < 9 and np.abs(big).max() > 20
 
 
+def test_travel_moves_the_hand_through_the_scene_and_keeps_it_in_view():
+    still, moving = scene(seed=2), scene(seed=2, travel=0.06)
+    # the same articulation, orientation, shape and camera poses: travel has its own random stream
+    np.testing.assert_array_equal(still.hand_pose, moving.hand_pose)
+    np.testing.assert_array_equal(still.betas, moving.betas)
+    assert all(np.array_equal(a.R, b.R) for a, b in zip(still.cameras, moving.cameras))
+    np.testing.assert_array_equal(scene(seed=2, travel=0.0).joints, still.joints)
+
+    def spread(s):  # how far the hand's centre (middle MCP, joint 9) strays from its mean over the capture
+        c = s.joints[:, 9]
+        return float(np.linalg.norm(c - c.mean(0), axis=1).max())
+    assert spread(still) < 0.03 and 0.04 < spread(moving) < 0.12, (spread(still), spread(moving))
+    for cam in moving.cameras:  # the widened view keeps every joint inside every image
+        uv, depth = cam.project(moving.joints.reshape(-1, 3))
+        assert np.all(depth > 0) and np.all((uv >= 0) & (uv <= 63)), cam.name
+
+
 @pytest.mark.parametrize("bad, message", [(dict(keyframe_every=0), "keyframe_every must be at least 1"),
+                                          (dict(travel=0.5), "travel must be between 0 and 0.3"),
                                           (dict(pose_prior="any"), "pose prior must be one of default, wide"),
                                           (dict(roll_deg=200.0), "roll_deg must be between 0 and 180")])
 def test_bad_diversity_settings_are_refused(bad, message):
