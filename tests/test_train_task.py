@@ -37,18 +37,27 @@ def _mean(rows: list[dict]) -> dict:
 @pytest.fixture(scope="module")
 def runs(dataset, tmp_path_factory):
     """The training runs the learning tests read, each made once on first use: ``plain`` (scheme 1, as
-    configured by default), ``no_consistency`` (the same without the consistency term) and ``calibrated``
-    (the extrinsics in the consistency term)."""
+    configured by default), ``calibrated`` (the extrinsics in the consistency term) and
+    ``calibrated_no_consistency`` (the same without the consistency term).
+
+    Each runs on one thread whatever the session has (pytest-xdist gives a worker one, a plain pytest run
+    two): the thread count changes the order of floating-point sums, so a run's trajectory, and the
+    figures the tests compare, would depend on how the tests were started."""
     root = tmp_path_factory.mktemp("runs")
-    options = {"plain": {}, "no_consistency": {"consistency_weight": 0.0},
-               "calibrated": {"use_extrinsics": True}}
+    options = {"plain": {}, "calibrated": {"use_extrinsics": True},
+               "calibrated_no_consistency": {"use_extrinsics": True, "consistency_weight": 0.0}}
     made = {}
 
     def get(name: str):
         if name not in made:
             task = TrainModel(dataset=dataset, out=str(root / name), backbone="resnet18", batch_size=2,
                               **{"steps": STEPS, "lr": 1e-3, "checkpoint_every": 100, **options[name]})
-            assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+            finally:
+                torch.set_num_threads(threads)
             made[name] = (task, [json.loads(x) for x in (task.run_dir / "metrics.jsonl").read_text().splitlines()])
         return made[name]
     return get
@@ -143,14 +152,17 @@ def test_shards_of_another_schema_version_are_refused(dataset, tmp_path):
 
 
 def test_consistency_loss_keeps_views_consistent(runs):
-    """Ablation: the same run without the consistency term ends far less consistent across views.
+    """Ablation: the calibrated run without the consistency term ends far less consistent across views.
 
-    (Without extrinsics the estimated rotations make the near-identical initial poses trivially
-    consistent, so here the term's effect is measured against a run without it; the calibrated test
-    above shows the consistency falling from its first steps.)
+    Calibrated, because there the views start inconsistent (each predicts the same camera-frame pose,
+    which the known rotations turn into different world poses). Without extrinsics the near-identical
+    initial poses are trivially consistent and the term's effect over 150 steps is smaller than the
+    difference between trajectories: measured 2026-12-04 (AVX-512/bf16 CPU) as ratios with/without of
+    0.20-0.83 across thread counts and precisions, so that comparison is no test. Calibrated, one thread:
+    0.027 against 0.047 (0.57) in bf16, 0.031 against 0.048 (0.64) in fp32.
     """
     def last_consistency(name):
         return _mean(runs(name)[1][-50:])["consistency"]
 
-    with_term, without = last_consistency("plain"), last_consistency("no_consistency")
-    assert with_term < 0.5 * without, (with_term, without)
+    with_term, without = last_consistency("calibrated"), last_consistency("calibrated_no_consistency")
+    assert with_term < 0.75 * without, (with_term, without)
