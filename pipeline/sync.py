@@ -1,10 +1,11 @@
 """Frame offsets of unsynchronised videos, estimated from the hand (issue 22).
 
 Camera ``c``'s offset ``o`` means capture frame ``k`` is its video frame ``k + o`` (format v1's
-``cameras[].frame_offset``). With a calibrated rig, two views of the same instant agree in 3D: the hand
-seen by the reference camera in its frame ``k`` and by camera ``c`` in its frame ``k + o`` triangulate
-(two-view DLT) with a small reprojection error only when ``o`` is right. :func:`offset_curve` gives, per
-candidate ``o``, the median reprojection error over the frames both see and the 21 joints;
+``cameras[].frame_offset``). With a calibrated rig, views of the same instant agree in 3D: the hand seen
+by camera ``a`` in its frame ``k`` and by camera ``b`` in its frame ``k + d`` triangulate (two-view DLT)
+with a small reprojection error when ``d`` is their relative offset (and, for motion along their epipolar
+lines, at other shifts too). :func:`offset_curve` gives, per candidate shift, the median reprojection
+error over the frames both see and the 21 joints;
 :func:`estimate_offsets` combines every pair's curve (a pair only sees motion across its epipolar lines)
 and reports each camera's curve against all the others. It needs a hand that moves through the scene:
 a still hand agrees at every offset (the curves are then flat, and say so).
@@ -146,15 +147,33 @@ def estimate_offsets(P: np.ndarray, observations: np.ndarray, names: list[str], 
                 ref_best[other] = d if a == reference else -d
     starts.append(ref_best)
     offsets, _ = min((_solve(costs, V, reference, max_offset, s) for s in starts), key=lambda r: r[1])
+    # cameras whose offsets the pairs tie to the reference's (directly or through other cameras): a group
+    # with no pair to the rest could shift as a whole at no cost, so its offsets mean nothing
+    linked, todo = {reference}, [reference]
+    while todo:
+        m = todo.pop()
+        for a, b in costs:
+            for x, y in ((a, b), (b, a)):
+                if x == m and y not in linked:
+                    linked.add(y)
+                    todo.append(y)
     out: dict[str, dict] = {names[reference]: {"offset": 0, "reference": True}}
     for c in range(V):
         if c == reference:
             continue
-        curve = view_curve(P, observations, c, offsets, max_offset)
+        if c not in linked:
+            out[names[c]] = {"offset": None, "curve": {}, "reason": "no camera pair ties it to the reference "
+                             f"{names[reference]} (the hand is not seen in enough frames both cameras share)"}
+            continue
+        if V >= 3:
+            curve = view_curve(P, observations, c, offsets, max_offset)
+        else:  # two cameras: the pair's own curve (no third view to triangulate against)
+            curve = offset_curve(P[reference], P[c], observations[:, reference], observations[:, c], max_offset)
         valid = {o: e for o, e in curve.items() if e is not None}
         if offsets[c] not in valid:
             out[names[c]] = {"offset": None, "curve": curve,
-                             "reason": "the hand is not seen in enough frames shared with the other cameras"}
+                             "reason": f"the other cameras' hand and this camera's do not meet in enough frames at "
+                             f"the offset the pairs give ({int(offsets[c]):+d})"}
             continue
         best = int(offsets[c])
         far = [e for o, e in valid.items() if abs(o - best) >= 2]

@@ -61,8 +61,8 @@ class SynthConfig:
     pose_prior: str = "default"  # "default" (open to fist around one grasp) or "wide" (model.hand_pose)
     shape_sigma: float = 0.8  # spread of the hand-shape coefficients β (clipped to ±2)
     roll_deg: float = 8.0  # each camera's roll about its axis is uniform in ±this (in-plane rotation)
-    # the hand's centre wanders up to this many metres from the rig's centre over time (0: it stays within
-    # ~2 cm); the cameras' focal length shrinks to keep it in view. What frame sync and calibration checks
+    # the hand's centre wanders up to this many metres per axis from the rig's centre over time (0: it
+    # stays within ~2 cm); the cameras' focal length shrinks to keep it in view. What frame sync and calibration checks
     # need: a hand that moves through the scene, as real hands do
     travel: float = 0.0
 
@@ -94,8 +94,9 @@ class SynthConfig:
             problems.append(f"shape_sigma must be between 0 and 3 (got {self.shape_sigma})")
         if not 0 <= self.roll_deg <= 180:
             problems.append(f"roll_deg must be between 0 and 180 (got {self.roll_deg})")
-        if not 0 <= self.travel <= 0.3:
-            problems.append(f"travel must be between 0 and 0.3 metres (got {self.travel})")
+        if not 0 <= self.travel <= min(0.3, self.distance / 4):
+            problems.append(f"travel must be between 0 and 0.3 metres and at most a quarter of the camera "
+                            f"distance {self.distance} (got {self.travel})")
         if problems:
             raise HamucoError("invalid synthetic capture settings: " + "; ".join(problems))
 

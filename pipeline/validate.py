@@ -214,10 +214,12 @@ def calibration_consistency(capture: Capture, observations: np.ndarray, factor: 
     calibration and compared with its own observations (median px over frames and points). A wrong camera
     also spoils the others' triangulations, so the worst camera (relative to the others' median) is then
     left out of them and the others measured again; it is an error when its median exceeds ``hand_share``
-    of the hand's size in that camera (median diagonal of its observations' bounding box) and ``factor`` ×
-    the other cameras' median. A wrong pose moves the whole hand: on the travelling synthetic hands of the
-    tests a transposed rotation reprojects 0.42-0.46 of the hand's size away, while MediaPipe's own errors
-    on a hard view of a right calibration reach 0.19. One camera per run (fix it and validate again). Returns the problems and each camera's median (None where it saw too little)."""
+    of the hand's size in that camera (median diagonal of its observations' bounding box; 5 % of its
+    image's shorter side when it saw no hand to measure) and ``factor`` × the other cameras' median. A wrong
+    pose moves the whole hand: on the travelling synthetic hands of the tests a transposed rotation
+    reprojects 0.42-0.46 of the hand's size away, while MediaPipe's own errors on a hard view of a right
+    calibration reach 0.19. One camera per run (fix it and validate again). Returns the problems and each
+    camera's median (None where it saw too little)."""
     from .triangulate import projection_matrices, reprojection_errors, triangulate_ransac
 
     cams = capture.cameras
@@ -260,10 +262,13 @@ def calibration_consistency(capture: Capture, observations: np.ndarray, factor: 
         again = medians({k})
         rest = [v for m, v in enumerate(again.values()) if m != k and v is not None]
         typical = float(np.median(rest)) if len(rest) >= 2 else float("inf")
-        box = observations[:, k].max(axis=1) - observations[:, k].min(axis=1)  # (F, 2), NaN where unseen
-        diag = np.linalg.norm(box, axis=1)
-        size = float(np.median(diag[np.isfinite(diag)])) if np.isfinite(diag).any() else 0.0
-        if mine > hand_share * size and mine > factor * typical:
+        seen = np.isfinite(observations[:, k]).all(axis=2).sum(axis=1) >= 2  # frames with 2+ joints seen
+        size = 0.0
+        if seen.any():
+            pts = observations[seen, k]
+            size = float(np.median(np.linalg.norm(np.nanmax(pts, axis=1) - np.nanmin(pts, axis=1), axis=1)))
+        floor = hand_share * size if size > 0 else 0.05 * min(cams[k].width, cams[k].height)
+        if mine > floor and mine > factor * typical:
             problems.append(Problem("error", "calibration_reprojection", f"the hand the other cameras see "
                                     f"reprojects {mine:.1f} px (median; the hand is {size:.0f} px across) from "
                                     f"where this camera sees it, the other cameras {typical:.1f} px once it is "

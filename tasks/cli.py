@@ -431,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roll-deg", type=float, default=8.0,
                    help="each camera's roll about its axis is uniform in +-this many degrees (default 8)")
     p.add_argument("--travel", type=float, default=0.0, metavar="METRES",
-                   help="the hand wanders up to this far from the rig's centre over time, the cameras widen their "
-                   "view to keep it (default 0: it stays within ~2 cm)")
+                   help="the hand wanders up to this far (per axis) from the rig's centre over time, the cameras "
+                   "widen their view to keep it (default 0: it stays within ~2 cm)")
     p.add_argument("--workers", type=_int_at_least(1), default=min(2, os.cpu_count() or 1),
                    help="rendering processes (default: up to 2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")

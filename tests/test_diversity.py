@@ -91,7 +91,6 @@ def test_travel_moves_the_hand_through_the_scene_and_keeps_it_in_view():
     np.testing.assert_array_equal(still.hand_pose, moving.hand_pose)
     np.testing.assert_array_equal(still.betas, moving.betas)
     assert all(np.array_equal(a.R, b.R) for a, b in zip(still.cameras, moving.cameras))
-    np.testing.assert_array_equal(scene(seed=2, travel=0.0).joints, still.joints)
 
     def spread(s):  # how far the hand's centre (middle MCP, joint 9) strays from its mean over the capture
         c = s.joints[:, 9]
@@ -104,6 +103,7 @@ def test_travel_moves_the_hand_through_the_scene_and_keeps_it_in_view():
 
 @pytest.mark.parametrize("bad, message", [(dict(keyframe_every=0), "keyframe_every must be at least 1"),
                                           (dict(travel=0.5), "travel must be between 0 and 0.3"),
+                                          (dict(travel=0.1, distance=0.3), "at most a quarter of the camera"),
                                           (dict(pose_prior="any"), "pose prior must be one of default, wide"),
                                           (dict(roll_deg=200.0), "roll_deg must be between 0 and 180")])
 def test_bad_diversity_settings_are_refused(bad, message):

@@ -40,9 +40,10 @@ def runs(dataset, tmp_path_factory):
     configured by default), ``calibrated`` (the extrinsics in the consistency term) and
     ``calibrated_no_consistency`` (the same without the consistency term).
 
-    Each runs on one thread whatever the session has (pytest-xdist gives a worker one, a plain pytest run
-    two): the thread count changes the order of floating-point sums, so a run's trajectory, and the
-    figures the tests compare, would depend on how the tests were started."""
+    Each runs on one thread whatever the session has (conftest.py gives a pytest-xdist worker its share of
+    the cores, a plain pytest run has torch's default): the thread count changes the order of floating-point
+    sums, so a run's trajectory, and the figures the tests compare, would depend on how the tests were
+    started."""
     root = tmp_path_factory.mktemp("runs")
     options = {"plain": {}, "calibrated": {"use_extrinsics": True},
                "calibrated_no_consistency": {"use_extrinsics": True, "consistency_weight": 0.0}}
