@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from .triangulate import reprojection_errors, triangulate_dlt
+from .triangulate import reprojection_errors, triangulate_dlt, triangulate_ransac
 
 
 def offset_curve(P_ref: np.ndarray, P_c: np.ndarray, obs_ref: np.ndarray, obs_c: np.ndarray, max_offset: int,
@@ -90,8 +90,6 @@ def view_curve(P: np.ndarray, observations: np.ndarray, c: int, offsets: np.ndar
     """Camera ``c``'s curve against every other camera at its offset: {offset: median px between what ``c``
     sees in video frame ``k + offset`` and the hand the others see at the same instant (RANSAC-triangulated
     from their frames ``k + offsets[j]``)}, None where fewer than ``min_frames`` frames pair up."""
-    from .triangulate import triangulate_ransac
-
     F, V, J, _ = observations.shape
     others = [j for j in range(V) if j != c]
     hands = {}
