@@ -2,7 +2,7 @@
 generalise with the pipeline's own labels?
 
     python bench/learnability.py [--rungs 1,2,3] [--out learnability_output] [--results results]
-                                 [--steps N] [--train OPTION=VALUE ...] [--quick]
+                                 [--steps N] [--rung2-seeds N] [--train OPTION=VALUE ...] [--quick]
 
 * rung 1, fit (a regression guard): one capture, perfect 2D labels (``noisy-gt`` labeler, no noise),
   scored on the frames it trained on. Goal: single view ≤ 3 mm, fusion ≤ 2 mm PA-MPJPE.
@@ -60,7 +60,8 @@ TESTS = {"ring-600": dict(seed=600, rig="ring", occluders=0), "dome-610-occluder
 
 DEFAULT = dict(cameras=8, frames=24, image_size=256, crop_size=64, frames_per_shard=8, steps=1500, batch_size=2,
                lr=1e-3, backbone="resnet18", seeds=(0, 1, 2), keyframe_every=15, pose_prior="default",
-               resamples=10_000, validate_every=100, pretrain_steps=0, captures=8, labels="raw", smooth=False)
+               resamples=10_000, validate_every=100, pretrain_steps=0, captures=8, labels="raw", smooth=False,
+               rung2_seeds=1)
 QUICK = dict(cameras=4, frames=3, image_size=128, crop_size=64, frames_per_shard=3, steps=4, batch_size=1,
              seeds=(0, 1), resamples=200, validate_every=2, captures=2)
 
@@ -241,7 +242,9 @@ def training_seeds(captures: int) -> tuple[list, list]:
 
 
 def rung2(ladder: Ladder) -> dict:
-    res = _generalisation(ladder, PERFECT, ladder.cfg["seeds"][:1], "rung 2")
+    # one training seed by default (fixed before the first run); --rung2-seeds N trains N seeds and reports their
+    # per-frame mean with seed spread and intervals, as rung 3 does
+    res = _generalisation(ladder, PERFECT, tuple(ladder.cfg["seeds"][:ladder.cfg["rung2_seeds"]]), "rung 2")
     pc = res["per_capture"].values()
     res["milestone"] = bool(all(r["single"]["mean"] < min(r["untrained_single"]["mean"], r["constant"]["mean"])
                                 for r in pc))
@@ -384,13 +387,18 @@ def main(argv=None) -> int:
     ap.add_argument("--diversity", default=None, metavar="N,N,...",
                     help="rung 2 at equal compute for each number of training captures (key diversity), "
                     "written as the 'diversity' key and learnability_diversity.png")
+    ap.add_argument("--rung2-seeds", type=int, default=None, metavar="N",
+                    help="rung 2: train this many seeds (1 to 3; default 1) and report their mean with intervals")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a smoke run of the same graph (tiny captures, 4 steps)")
     args = ap.parse_args(argv)
     cfg = dict(DEFAULT, **(QUICK if args.quick else {}))
-    for k in ("steps", "frames", "keyframe_every", "pose_prior", "pretrain_steps", "captures", "labels", "smooth"):
+    for k in ("steps", "frames", "keyframe_every", "pose_prior", "pretrain_steps", "captures", "labels", "smooth",
+              "rung2_seeds"):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
+    if not 1 <= cfg["rung2_seeds"] <= len(cfg["seeds"]):
+        raise SystemExit(f"learnability: --rung2-seeds takes 1 to {len(cfg['seeds'])}, got {cfg['rung2_seeds']}")
     rungs = [int(r) for r in args.rungs.split(",") if r.strip()]
     if not set(rungs) <= set(RUNGS):
         raise SystemExit(f"learnability: rungs are 1, 2, 3 (got {args.rungs})")

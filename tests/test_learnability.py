@@ -106,3 +106,18 @@ def test_quick_diversity_curve_counts_what_each_point_trained_on_and_draws_it(tm
     with pytest.raises(SystemExit, match="2 to 36"):
         learnability.main(["--quick", "--diversity", "1,4", "--out", str(tmp_path / "never")])
     assert not (tmp_path / "never").exists()
+
+
+def test_quick_rung2_with_two_seeds_reports_their_spread(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="--rung2-seeds takes 1 to 2"):  # the smoke configuration has 2 seeds
+        learnability.main(["--quick", "--rungs", "2", "--rung2-seeds", "3", "--out", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
+    cfg = dict(learnability.DEFAULT, **learnability.QUICK, rung2_seeds=2)
+    res = learnability.rung2(learnability.Ladder(cfg, tmp_path / "out", {}))
+    assert res["seeds"] == [0, 1]
+    assert len(list((tmp_path / "out" / "runs").glob("train-*"))) == 2  # one training run per seed
+    ring = res["per_capture"]["ring-600"]["single"]
+    # two seeds: a spread between them and an interval around their mean
+    assert ring["seed_std"] is not None and ring["seed_std"] >= 0
+    assert ring["ci95"][0] <= ring["mean"] <= ring["ci95"][1]
+    assert res["milestone"] in (True, False)
