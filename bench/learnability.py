@@ -55,6 +55,7 @@ PERFECT = dict(labeler="noisy-gt", noise_sigma_px=0.0, noise_outlier_rate=0.0)
 FIT_SEED = 500
 TRAIN_RING, TRAIN_DOME = (510, 511, 512, 513, 514, 515), (520, 521)
 VAL_SEED = 550
+EXTRA_RING, EXTRA_DOME, MAX_CAPTURES = 1000, 2000, 256  # training seeds beyond the first 36 captures
 TESTS = {"ring-600": dict(seed=600, rig="ring", occluders=0), "dome-610-occluders": dict(seed=610, rig="dome",
                                                                                        occluders=2)}
 
@@ -232,13 +233,16 @@ def _generalisation(ladder: Ladder, labels: dict, seeds: tuple, name: str) -> di
 
 def training_seeds(captures: int) -> tuple[list, list]:
     """The training captures' seeds: three ring captures to one dome capture with occluders, the default 8
-    being 510-515 and 520-521; more continue each run of seeds (never reaching 550 or 600)."""
-    if not 2 <= captures <= 36:
-        raise SystemExit(f"learnability: --captures takes 2 to 36 training captures, got {captures}")
+    being 510-515 and 520-521; more continue each run of seeds (never reaching 550 or 600): ring 510-549
+    without 520-529, dome 520-529, and beyond those 36 captures ring from 1000 and dome from 2000 (the
+    first 36 stay what they were, so earlier captures and their prepared labels are reused)."""
+    if not 2 <= captures <= MAX_CAPTURES:
+        raise SystemExit(f"learnability: --captures takes 2 to {MAX_CAPTURES} training captures, got {captures}")
     n_dome = max(1, round(captures / 4))
-    dome = list(range(TRAIN_DOME[0], TRAIN_DOME[0] + n_dome))
+    dome = list(range(TRAIN_DOME[0], TRAIN_DOME[0] + 10)) + list(range(EXTRA_DOME, EXTRA_DOME + MAX_CAPTURES))
     ring = [s for s in range(TRAIN_RING[0], VAL_SEED) if not TRAIN_DOME[0] <= s < TRAIN_DOME[0] + 10]
-    return ring[:captures - n_dome], dome
+    ring += list(range(EXTRA_RING, EXTRA_RING + MAX_CAPTURES))
+    return ring[:captures - n_dome], dome[:n_dome]
 
 
 def rung2(ladder: Ladder) -> dict:

@@ -43,13 +43,17 @@ def test_bad_train_option_is_refused(capsys):
 def test_training_seeds_default_and_more_captures_never_touch_validation_or_test_seeds():
     assert learnability.training_seeds(8) == ([510, 511, 512, 513, 514, 515], [520, 521])
     held_out = {learnability.VAL_SEED} | {kw["seed"] for kw in learnability.TESTS.values()}
-    for n in (2, 8, 16, 36):
+    for n in (2, 8, 16, 36, 37, 128, 256):
         ring, dome = learnability.training_seeds(n)
         seeds = ring + dome
         assert len(seeds) == len(set(seeds)) == n and not set(seeds) & held_out
         assert len(dome) == max(1, round(n / 4))
-    with pytest.raises(SystemExit, match="2 to 36"):
-        learnability.training_seeds(40)
+    # more captures add captures: the first 36 are the same seeds, so their captures and labels are reused
+    ring36, dome36 = learnability.training_seeds(36)
+    ring, dome = learnability.training_seeds(128)
+    assert ring[:len(ring36)] == ring36 and dome[:len(dome36)] == dome36
+    with pytest.raises(SystemExit, match="2 to 256"):
+        learnability.training_seeds(257)
 
 
 def test_pca_floor_falls_with_components_and_vanishes_at_the_generators_dimension(capsys):
@@ -103,7 +107,7 @@ def test_quick_diversity_curve_counts_what_each_point_trained_on_and_draws_it(tm
     assert len(list((tmp_path / "out" / "runs").glob("train-*"))) == 2
     assert rows[0]["ring-600"]["constant"] != rows[1]["ring-600"]["constant"]  # the mean of other training data
     assert (tmp_path / "diversity.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(SystemExit, match="2 to 36"):
+    with pytest.raises(SystemExit, match="2 to 256"):
         learnability.main(["--quick", "--diversity", "1,4", "--out", str(tmp_path / "never")])
     assert not (tmp_path / "never").exists()
 
