@@ -126,6 +126,8 @@ class Ladder:
                       **({"val_dataset": val.output().path, "val_split": "train"} if val is not None else {}))
         if weights:
             params["backbone_weights"] = weights
+            if self.options.get("single_view_input") == "keypoints":  # the same pretraining starts the keypoint head
+                params["keypoint_head_weights"] = str(Path(weights).parent / "checkpoint-final.pt")
         params.update(self.options)
         return params
 
@@ -154,6 +156,37 @@ class Ladder:
                                 out=str(self.out / "tables"))
         self.build([t], "baselines")
         return load_frames(t.output().path)
+
+
+def keypoint_errors(weights: str, datasets: dict, backbone: str, max_groups: int = 256) -> dict:
+    """The 2D pretraining's own measure of generalisation: its keypoint network (the checkpoint beside
+    ``weights``) on each dataset's crops against their labels (perfect in rung 2), crop pixels, joints
+    with confidence > 0 of valid views; at most ``max_groups`` view groups per dataset, evenly spread."""
+    import torch
+
+    from model.pretrain import KeypointNet
+    from model.single_view import normalized_to_pixels
+    from model.trainer import CHECKPOINT_FINAL, load_checkpoint
+    from pipeline.dataset import ShardDataset
+
+    net = KeypointNet(backbone)
+    net.load_state_dict(load_checkpoint(Path(weights).parent / CHECKPOINT_FINAL)["model"])
+    net.eval()
+    out = {}
+    for name, index in datasets.items():
+        data = ShardDataset(index, split="train", confidence="raw")
+        errs = []
+        for i in np.unique(np.linspace(0, len(data) - 1, min(max_groups, len(data))).round().astype(int)):
+            b = data[int(i)]
+            m = b["view_mask"].bool()
+            with torch.no_grad():
+                px = normalized_to_pixels(net(b["images"][m]), b["images"].shape[-1])
+            e = (px - b["keypoints"][m]).norm(dim=-1)
+            errs.append(e[b["confidence"][m] > 0].numpy())
+        e = np.concatenate(errs) if errs else np.zeros(0)
+        out[name] = {"mean_px": round(float(e.mean()), 2) if e.size else None,
+                     "median_px": round(float(np.median(e)), 2) if e.size else None, "joints": int(e.size)}
+    return out
 
 
 def frame_errors(table: dict, mode: str, metric: str = "pa_mpjpe") -> np.ndarray:
@@ -226,6 +259,11 @@ def _generalisation(ladder: Ladder, labels: dict, seeds: tuple, name: str) -> di
                             "keyframe_every": ladder.cfg["keyframe_every"], "pose_prior": ladder.cfg["pose_prior"],
                             "rigs": {"ring": len(ring), "dome_occluders": len(dome)}}
     res["train"] = _public(runs[0])
+    if ladder.cfg["pretrain_steps"]:  # how well the 2D stage itself generalises (first seed)
+        res["pretrain_2d_px"] = keypoint_errors(ladder.pretrain(train_ds, seeds[0]),
+                                                {"own_frames": train_ds.output().path,
+                                                 **{k: ds.output().path for k, ds in tests.items()}},
+                                                ladder.cfg["backbone"])
     res["seeds"] = list(seeds)
     res["validation_curve"] = [_validation_log(tp) for tp in runs]
     return res
@@ -453,6 +491,8 @@ def _headline(res: dict) -> dict:
         h["milestone"] = res.get("milestone")
         h.update({k: means(v) for k, v in res["per_capture"].items()})
         h["own_frames"] = {m: res["own_frames"][m]["mean"] for m in MODES}
+        if "pretrain_2d_px" in res:
+            h["pretrain_2d_px"] = {k: v["mean_px"] for k, v in res["pretrain_2d_px"].items()}
         # the validation capture's last pass (first seed): what a recipe is chosen on, kept in the history
         h["validation_last"] = next((c[-1] for c in res.get("validation_curve", []) if c), None)
     else:

@@ -55,20 +55,23 @@ class HaMuCo(nn.Module):
     heads start from (``"identity"``, the official code, or ``"upright"``; see
     :data:`model.single_view.INITIAL_ORIENTATIONS`). ``articulation``: ``"full"`` (16 × 6 numbers, the
     official code) or ``"pca"`` (``pca_components`` coefficients around the mean pose; both heads;
-    :class:`model.single_view.Articulation`).
+    :class:`model.single_view.Articulation`). ``single_view_input``: what the single view's heads read,
+    ``"gap"`` (the official code) or ``"keypoints"`` (beside it the 21 joints' uv from a keypoint head,
+    started from ``keypoint_head_weights``, a 2D pretraining's checkpoint; :class:`SingleViewNet`).
     """
 
     def __init__(self, backbone_name: str = "resnet50", backbone_weights: Optional[str | os.PathLike] = "none",
                  hand_model: Optional[HandModel | str | os.PathLike] = None, image_size: int = 256,
                  num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1,
                  view_keep_prob: float = 0.5, initial_orientation: str = "identity", articulation: str = "full",
-                 pca_components: int = 12) -> None:
+                 pca_components: int = 12, single_view_input: str = "gap",
+                 keypoint_head_weights: Optional[str | os.PathLike] = None) -> None:
         super().__init__()
         if not isinstance(hand_model, HandModel):
             hand_model = HandModel(hand_model)
         self.image_size = image_size
         self.single_view = SingleViewNet(Backbone(backbone_name, backbone_weights), hand_model, initial_orientation,
-                                         articulation, pca_components)
+                                         articulation, pca_components, single_view_input, keypoint_head_weights)
         channels = self.single_view.backbone.channels
         self.graph_features = ViewSharedGraphFeatures(channels)
         self.token_dim = graph_feature_dim(channels, image_size)

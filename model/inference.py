@@ -54,7 +54,8 @@ def load_model(checkpoint: str | os.PathLike, hand_model: Optional[str | os.Path
                           f"but {hm.source} has sha256 {hm.sha256[:12]}…; pass the hand model it was trained with")
     articulation, components = articulation_of(arch)
     model = HaMuCo(backbone_name=arch["backbone"], backbone_weights="none", hand_model=hm,
-                   image_size=int(arch["image_size"]), articulation=articulation, pca_components=components)
+                   image_size=int(arch["image_size"]), articulation=articulation, pca_components=components,
+                   single_view_input=arch.get("single_view_input", "gap"))
     missing, unexpected = _state_dict_difference(model.state_dict(), ckpt["model"])
     if missing or unexpected:
         raise HamucoError(f"{path}: checkpoint does not match the {arch['backbone']} HaMuCo model: "
@@ -87,14 +88,16 @@ def articulation_of(architecture: dict) -> tuple[str, int]:
 def initial_network(backbone: str, image_size: int, seed: int, backbone_weights: str = "none",
                     hand_model: Optional[str | os.PathLike | HandModel] = None,
                     initial_orientation: str = "identity", articulation: str = "full",
-                    pca_components: int = 12) -> HaMuCo:
+                    pca_components: int = 12, single_view_input: str = "gap",
+                    keypoint_head_weights: Optional[str] = None) -> HaMuCo:
     """The network as a training run with ``seed`` starts it (``TrainModel`` builds its network
     here), in eval mode: the untrained reference of that run."""
     torch.manual_seed(int(seed))
     hm = hand_model if isinstance(hand_model, HandModel) else HandModel(hand_model)
     return HaMuCo(backbone_name=backbone, backbone_weights=backbone_weights, hand_model=hm,
                   image_size=int(image_size), initial_orientation=initial_orientation, articulation=articulation,
-                  pca_components=pca_components).eval()
+                  pca_components=pca_components, single_view_input=single_view_input,
+                  keypoint_head_weights=keypoint_head_weights).eval()
 
 
 def initial_network_of(info: dict, hand_model: Optional[str | os.PathLike] = None) -> HaMuCo:
@@ -106,7 +109,8 @@ def initial_network_of(info: dict, hand_model: Optional[str | os.PathLike] = Non
         hand_model = _recorded_hand_model(params)
     return initial_network(arch["backbone"], int(arch["image_size"]), int(params["seed"]),
                            params.get("backbone_weights", "none"), hand_model,
-                           params.get("initial_orientation", "identity"), *articulation_of(arch))
+                           params.get("initial_orientation", "identity"), *articulation_of(arch),
+                           arch.get("single_view_input", "gap"), params.get("keypoint_head_weights", "none"))
 
 
 def _recorded_hand_model(params: dict) -> Optional[str]:

@@ -14,6 +14,9 @@ the model and returns the loss terms of :mod:`model.losses`:
 * ``distillation``: the single-view points towards the (detached) fused multi-view result in the
   same view's frame;
 * ``shape_prior/single``, ``pose_prior/single``, ``pose_prior/interaction``;
+* ``joint_2d/keypoints``, only for a single view with a keypoint head (``single_view_input="keypoints"``):
+  the head's soft-argmax joints against the same labels, the 2D pretraining's term, so the joints its
+  heads read stay on the pseudo labels;
 * ``total``: the weighted sum (:class:`LossWeights`), which the trainer minimises.
 
 Options that deviate from the official code (each off by default): ``points="joints"`` (the 3D
@@ -122,7 +125,9 @@ class HaMuCoObjective:
             "pose_prior/single": pose_prior(out.single.pose_axis_angle[valid, 3:], mean_pose),
             "pose_prior/interaction": pose_prior(out.fused.pose_axis_angle[valid, 3:], mean_pose),
         }
+        if out.single.keypoints_2d is not None:
+            terms["joint_2d/keypoints"] = joint_2d_loss(out.single.keypoints_2d.view(B, V, 21, 2), labels, conf, mask)
         if self.single_view_only:
-            terms = {k: v for k, v in terms.items() if k.endswith("/single")}
+            terms = {k: v for k, v in terms.items() if k.endswith(("/single", "/keypoints"))}
         terms["total"] = total_loss(terms, self.weights, step)
         return terms

@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from .backbone import Backbone
 from .hand_model import ROOT_JOINT, HandModel
+from .keypoints import NUM_JOINTS as NUM_KEYPOINTS, HeatmapHead, load_keypoint_head
 from .rotations import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix
 
 BBOX_3D_SIZE = 0.4  # metres; 3D coordinates are divided by BBOX_3D_SIZE / 2
@@ -75,6 +76,10 @@ def init_pose_head(head: MLP, num_joints: int = NUM_POSE_JOINTS, std: float = 1e
 
 
 ARTICULATIONS = ("full", "pca")
+# What the single view's heads read: "gap" (the official code), the globally pooled H4 alone; "keypoints",
+# beside it the 21 joints' 2D positions from a keypoint head on H1..H4 (model.keypoints), which a 2D
+# pretraining can start and a 2D term keeps on the pseudo labels (model.objective)
+SINGLE_VIEW_INPUTS = ("gap", "keypoints")
 
 
 class Articulation(nn.Module):
@@ -200,6 +205,7 @@ class MeshOutput:
 class SingleViewOutput(MeshOutput):
     gap: torch.Tensor = None  # (N, C4) globally pooled H4
     features: tuple[torch.Tensor, ...] = ()  # H1..H4
+    keypoints_2d: Optional[torch.Tensor] = None  # (N, 21, 2) the keypoint head's joints in [-1, 1] crop units
 
 
 def decode_mesh(hand_model: HandModel, pose6d: torch.Tensor, betas: torch.Tensor,
@@ -216,15 +222,33 @@ def decode_mesh(hand_model: HandModel, pose6d: torch.Tensor, betas: torch.Tensor
 
 
 class SingleViewNet(nn.Module):
-    """Backbone → GAP(H4) → one MLP per output (θ 16×6, β 10, camera 3) → hand model."""
+    """Backbone → GAP(H4) → one MLP per output (θ 16×6, β 10, camera 3) → hand model.
+
+    ``single_view_input="keypoints"``: the MLPs read GAP(H4) and the 21 joints' uv from a keypoint
+    head (:class:`model.keypoints.HeatmapHead`), started from ``keypoint_head_weights`` (a 2D
+    pretraining's ``checkpoint-final.pt``) when given.
+    """
 
     def __init__(self, backbone: Backbone, hand_model: HandModel, initial_orientation: str = "identity",
-                 articulation: str = "full", pca_components: int = 12) -> None:
+                 articulation: str = "full", pca_components: int = 12, single_view_input: str = "gap",
+                 keypoint_head_weights: Optional[str] = None) -> None:
         super().__init__()
+        if single_view_input not in SINGLE_VIEW_INPUTS:
+            raise ValueError(f"single-view input must be one of {', '.join(SINGLE_VIEW_INPUTS)}, "
+                             f"not {single_view_input!r}")
         self.backbone = backbone
         self.hand_model = hand_model
+        self.single_view_input = single_view_input
         self.articulation = Articulation(hand_model, articulation, pca_components)
         c = backbone.channels[-1]
+        self.keypoint_head = None
+        if single_view_input == "keypoints":
+            self.keypoint_head = HeatmapHead(backbone.channels)
+            if keypoint_head_weights not in (None, "", "none"):
+                load_keypoint_head(self.keypoint_head, keypoint_head_weights)
+            c += 2 * NUM_KEYPOINTS
+        elif keypoint_head_weights not in (None, "", "none"):
+            raise ValueError("keypoint head weights need single_view_input='keypoints'")
         self.pose_head = MLP(c, self.articulation.raw_dim)
         self.shape_head = MLP(c, NUM_BETAS)
         self.cam_head = MLP(c, NUM_CAM)
@@ -239,9 +263,12 @@ class SingleViewNet(nn.Module):
         return self.decode(gap, features)
 
     def decode(self, gap: torch.Tensor, features: tuple[torch.Tensor, ...] = ()) -> SingleViewOutput:
-        n = gap.shape[0]
-        pose6d = self.articulation(self.pose_head(gap))
-        betas = self.shape_head(gap)
-        cam = camera_from_raw(self.cam_head(gap))
+        x, keypoints = gap, None
+        if self.keypoint_head is not None:
+            keypoints = self.keypoint_head.keypoints(features)
+            x = torch.cat([gap, keypoints.to(gap.dtype).flatten(1)], dim=1)
+        pose6d = self.articulation(self.pose_head(x))
+        betas = self.shape_head(x)
+        cam = camera_from_raw(self.cam_head(x))
         return SingleViewOutput(**decode_mesh(self.hand_model, pose6d, betas, cam), gap=gap,
-                                features=tuple(features))
+                                features=tuple(features), keypoints_2d=keypoints)

@@ -155,7 +155,7 @@ def _train(args: argparse.Namespace) -> int:
                  "aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob", "initial_orientation",
                  "cross_view_warmup", "validate_every", "val_dataset", "val_samples", "view_keep_prob",
                  "view_keep_anneal_steps", "articulation", "pca_components", "lr_schedule", "lr_warmup_steps",
-                 "labels"):
+                 "labels", "single_view_input", "keypoint_head_weights"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -587,6 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "--pca-components coefficients around the mean pose")
     p.add_argument("--pca-components", type=int, default=None, help="principal components of --articulation pca "
                    "(default 12)")
+    p.add_argument("--single-view-input", choices=("gap", "keypoints"), default=None,
+                   help="what the single view's heads read: the pooled backbone features (gap, default, official) "
+                   "or beside them the 21 joints of a keypoint head (keypoints)")
+    p.add_argument("--keypoint-head-weights", default=None, metavar="PATH",
+                   help="with --single-view-input keypoints: a 2D pretraining's checkpoint-final.pt (hamuco "
+                   "pretrain) that starts the keypoint head (default: the head starts at random)")
     p.add_argument("--view-keep-prob", type=float, default=None,
                    help="view masking in the cross-view branch: probability of keeping each other view "
                    "(default 0.5; 1 = off, the official code)")

@@ -35,7 +35,7 @@ AUGMENTATION_OPTIONS = ("aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_
 # options added after runs were named by their parameters: at these values a run keeps the name it had
 NEUTRAL_OPTIONS = {"initial_orientation": "identity", "cross_view_warmup": "0", "view_keep_prob": "0.5",
                    "view_keep_anneal_steps": "0", "articulation": "full", "lr_schedule": "cosine",
-                   "lr_warmup_steps": "0", "labels": "raw"}
+                   "lr_warmup_steps": "0", "labels": "raw", "single_view_input": "gap", "keypoint_head_weights": "none"}
 # what a validation pass watches does not change the trained weights: not part of the run's name
 VALIDATION_OPTIONS = ("validate_every", "val_dataset", "val_split", "val_samples")
 
@@ -88,6 +88,11 @@ class TrainModel(HamucoTask):
                                          description="pose heads: 16 free rotations (official) or the global "
                                          "orientation and pca_components coefficients around the mean pose")
     pca_components = luigi.IntParameter(default=12, description="principal components of the pca articulation")
+    single_view_input = luigi.ChoiceParameter(choices=["gap", "keypoints"], default="gap",
+                                              description="what the single view's heads read: the pooled H4 "
+                                              "(official) or beside it the 21 joints from a keypoint head")
+    keypoint_head_weights = luigi.Parameter(default="none", description="with single_view_input=keypoints: the "
+                                            "2D pretraining's checkpoint-final.pt that starts the keypoint head")
     cross_view_warmup = luigi.IntParameter(default=0, description="steps over which consistency and distillation "
                                            "ramp up from 0 (0: from the start, official)")
     view_keep_prob = luigi.FloatParameter(default=0.5, description="view masking in the cross-view branch: "
@@ -127,6 +132,13 @@ class TrainModel(HamucoTask):
         if self.lr_schedule != "warmup-cosine" and self.lr_warmup_steps:
             raise HamucoError(f"{self.task_family}: --lr-warmup-steps belongs to --lr-schedule warmup-cosine "
                               f"(the schedule is {self.lr_schedule})")
+        if self.keypoint_head_weights.lower() not in ("none", ""):
+            if self.single_view_input != "keypoints":
+                raise HamucoError(f"{self.task_family}: --keypoint-head-weights belongs to --single-view-input "
+                                  f"keypoints (the input is {self.single_view_input})")
+            if not Path(self.keypoint_head_weights).is_file():
+                raise HamucoError(f"{self.task_family}: keypoint head weights {self.keypoint_head_weights} not found "
+                                  "(a 2D pretraining's checkpoint-final.pt, beside its backbone.pt)")
 
     def requires(self):
         return DatasetIndex(path=self.dataset)
@@ -152,6 +164,9 @@ class TrainModel(HamucoTask):
         if self.backbone_weights.lower() not in ("none", "", "imagenet") and weights.is_file():
             # a weights file is named by its content too: new pretrained weights at the same path, a new run
             params["backbone_weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+        head = Path(self.keypoint_head_weights)
+        if self.keypoint_head_weights.lower() not in ("none", "") and head.is_file():
+            params["keypoint_head_weights_sha256"] = hashlib.sha256(head.read_bytes()).hexdigest()
         return Path(self.out) / f"train-{self.backbone}-{version_hash(params, digest)}"
 
     @property
@@ -186,11 +201,14 @@ class TrainModel(HamucoTask):
         # the run's initial network (initial_network seeds torch with the run's seed again, so an
         # evaluation can rebuild the untrained reference bit for bit)
         model = initial_network(self.backbone, size, self.seed, self.backbone_weights, self.hand_model,
-                                self.initial_orientation, self.articulation, self.pca_components).train()
+                                self.initial_orientation, self.articulation, self.pca_components,
+                                self.single_view_input, self.keypoint_head_weights).train()
         architecture = {"model": "HaMuCo", "backbone": self.backbone, "image_size": size,
                         "hand_model": model.hand_model.sha256}
         if articulation_name(self.articulation, self.pca_components):
             architecture["articulation"] = articulation_name(self.articulation, self.pca_components)
+        if self.single_view_input != "gap":  # recorded only off the official value: older checkpoints load as before
+            architecture["single_view_input"] = self.single_view_input
         provenance = {"code_version": code_version(), "dataset": os.path.abspath(self.dataset),
                       "dataset_sha256": self.dataset_sha256(),
                       "params": self.to_str_params(), "skipped_samples": data.skipped_samples}

@@ -116,9 +116,23 @@ def test_quick_rung2_with_two_seeds_reports_their_spread(tmp_path):
     with pytest.raises(SystemExit, match="--rung2-seeds takes 1 to 2"):  # the smoke configuration has 2 seeds
         learnability.main(["--quick", "--rungs", "2", "--rung2-seeds", "3", "--out", str(tmp_path / "never")])
     assert not (tmp_path / "never").exists()
-    cfg = dict(learnability.DEFAULT, **learnability.QUICK, rung2_seeds=2)
+    cfg = dict(learnability.DEFAULT, **learnability.QUICK, rung2_seeds=2, pretrain_steps=2)
     res = learnability.rung2(learnability.Ladder(cfg, tmp_path / "out", {}))
     assert res["seeds"] == [0, 1]
+    # the 2D stage's own generalisation: its keypoint network on the training and on the unseen crops, every
+    # labelled joint of every valid view counted
+    from pipeline.dataset import ShardDataset
+
+    px = res["pretrain_2d_px"]
+    assert set(px) == {"own_frames", *learnability.TESTS}
+    for name, figures in px.items():
+        assert figures["mean_px"] > 0 and figures["median_px"] > 0
+    test_index = next((tmp_path / "out" / "prepared").glob("test-ring-600-*/labels-*")).parent
+    data = [ShardDataset(p, split="train", confidence="raw") for p in (tmp_path / "out" / "prepared").glob("*.json")
+            if "test-ring-600" in p.read_text()]
+    assert len(data) == 1 and test_index.exists()
+    labelled = sum(int((data[0][i]["confidence"][data[0][i]["view_mask"].bool()] > 0).sum()) for i in range(len(data[0])))
+    assert px["ring-600"]["joints"] == labelled
     assert len(list((tmp_path / "out" / "runs").glob("train-*"))) == 2  # one training run per seed
     ring = res["per_capture"]["ring-600"]["single"]
     # two seeds: a spread between them and an interval around their mean

@@ -132,3 +132,82 @@ def test_pca_articulation_starts_at_the_mean_pose_and_trains_and_reloads(tiny_da
     assert initial.single_view.articulation.mode == "pca"
     full = TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), backbone="resnet18", pca_components=8)
     assert full.run_dir == TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), backbone="resnet18").run_dir
+
+
+def test_keypoint_input_single_view_reads_the_heads_joints_and_starts_from_a_2d_pretraining(tmp_path):
+    from model.keypoints import load_keypoint_head
+    from model.pretrain import KeypointNet
+
+    torch.manual_seed(0)
+    pretrained = KeypointNet("resnet18").eval()
+    for p in pretrained.head.parameters():  # weights no fresh head would have
+        torch.nn.init.normal_(p, std=0.05)
+    torch.save({"model": pretrained.state_dict(), "architecture": {"model": "KeypointNet"}}, tmp_path / "ckpt.pt")
+    net = HaMuCo("resnet18", image_size=64, single_view_input="keypoints",
+                 keypoint_head_weights=str(tmp_path / "ckpt.pt")).eval()
+    for k, v in pretrained.head.state_dict().items():
+        torch.testing.assert_close(net.single_view.keypoint_head.state_dict()[k], v)
+    assert net.single_view.pose_head[0].in_features == 512 + 2 * 21  # GAP(H4) and the 21 joints' uv
+    images = torch.randn(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        out = net(images)
+        alone = pretrained.head.keypoints(net.single_view.backbone(images[0]))
+    assert out.single.keypoints_2d.shape == (2, 21, 2)
+    torch.testing.assert_close(out.single.keypoints_2d, alone)  # the head as the pretraining trained it
+    # the heads read the joints: moving them moves the pose
+    feats = net.single_view.backbone(images[0])
+    gap = feats[-1].mean(dim=(2, 3))
+    torch.nn.init.normal_(net.single_view.pose_head.last.weight, std=0.1)
+    a = net.single_view.decode(gap, feats).pose6d
+    net.single_view.keypoint_head.out.bias.data += torch.randn(21) * 3
+    b = net.single_view.decode(gap, feats).pose6d
+    assert not torch.allclose(a, b)
+    # files that hold no head, or a head of other channels, are refused naming the file
+    torch.save({"model": {"backbone.conv1.weight": torch.zeros(1)}}, tmp_path / "nohead.pt")
+    with pytest.raises(HamucoError, match="nohead.pt: holds no keypoint head"):
+        HaMuCo("resnet18", image_size=64, single_view_input="keypoints", keypoint_head_weights=str(tmp_path / "nohead.pt"))
+    from model.keypoints import HeatmapHead
+
+    with pytest.raises(HamucoError, match="ckpt.pt: keypoint head weights do not match the backbone's channels"):
+        load_keypoint_head(HeatmapHead((256, 512, 1024, 2048)), tmp_path / "ckpt.pt")  # a ResNet-50's head
+    with pytest.raises(ValueError, match="single-view input must be one of gap, keypoints"):
+        HaMuCo("resnet18", image_size=64, single_view_input="heatmaps")
+
+
+def test_keypoint_input_trains_its_2d_term_and_reloads(tiny_dataset, tmp_path):
+    import luigi
+
+    from model.inference import initial_network_of, load_model
+    from model.pretrain import KeypointNet
+    from tasks.train import TrainModel
+
+    torch.manual_seed(0)
+    net = HaMuCo("resnet18", image_size=64, single_view_input="keypoints")
+    batch = {"images": torch.randn(1, 3, 3, 64, 64), "keypoints": torch.rand(1, 3, 21, 2) * 64,
+             "confidence": torch.ones(1, 3, 21), "view_mask": torch.tensor([[True, True, False]]),
+             "extrinsics": torch.zeros(1, 3, 3, 4), "extrinsics_known": torch.zeros(1, 3, dtype=torch.bool)}
+    terms = HaMuCoObjective()(net, batch, step=0)
+    assert terms["joint_2d/keypoints"] > 0
+    terms["joint_2d/keypoints"].backward()
+    assert net.single_view.keypoint_head.out.weight.grad.abs().sum() > 0
+    only = HaMuCoObjective(single_view_only=True)(net, batch, step=0)
+    assert "joint_2d/keypoints" in only and "consistency" not in only
+    assert "joint_2d/keypoints" not in HaMuCoObjective()(HaMuCo("resnet18", image_size=64), batch, step=0)
+
+    torch.save({"model": KeypointNet("resnet18").state_dict()}, tmp_path / "pre.pt")
+    task = TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), backbone="resnet18", steps=1, batch_size=1,
+                      single_view_input="keypoints", keypoint_head_weights=str(tmp_path / "pre.pt"), validate_every=0)
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    model, info = load_model(task.output().path)
+    assert info["architecture"]["single_view_input"] == "keypoints" and model.single_view.keypoint_head is not None
+    assert initial_network_of(info).single_view.keypoint_head is not None
+    gap_run = TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), backbone="resnet18", single_view_input="gap")
+    assert gap_run.run_dir == TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), backbone="resnet18").run_dir
+    assert task.run_dir != TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), backbone="resnet18", steps=1,
+                                      batch_size=1, single_view_input="keypoints", validate_every=0).run_dir
+    with pytest.raises(HamucoError, match="--keypoint-head-weights belongs to --single-view-input keypoints"):
+        TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), keypoint_head_weights=str(tmp_path / "pre.pt")
+                   ).check_parameters()
+    with pytest.raises(HamucoError, match="missing.pt not found"):
+        TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), single_view_input="keypoints",
+                   keypoint_head_weights=str(tmp_path / "missing.pt")).check_parameters()
