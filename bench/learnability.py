@@ -324,7 +324,9 @@ def _validation_log(tp: dict) -> list:
     path = TrainModel(**tp).run_dir / "validation.jsonl"
     if not path.exists():
         return []
-    keep = ("step", "label_signal", "pa_mpjpe_mm/single", "pa_mpjpe_mm/fusion", "orientation_deg/single")
+    # the label-only parts beside their sum, so another label-only selection signal can be studied on past runs
+    keep = ("step", "label_signal", "label_2d_px/single", "label_2d_px/interaction", "cross_view_mm",
+            "pa_mpjpe_mm/single", "pa_mpjpe_mm/interaction", "pa_mpjpe_mm/fusion", "orientation_deg/single")
     return [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in json.loads(line).items() if k in keep}
             for line in path.read_text().splitlines()]
 

@@ -138,3 +138,10 @@ def test_quick_rung2_with_two_seeds_reports_their_spread(tmp_path):
     # two seeds: a spread between them and an interval around their mean
     assert ring["seed_std"] is not None and ring["seed_std"] >= 0
     assert ring["ci95"][0] <= ring["mean"] <= ring["ci95"][1]
+    # every validation pass of each seed, with the label-only parts of the selection signal beside their sum
+    assert len(res["validation_curve"]) == 2
+    for curve in res["validation_curve"]:
+        assert [p["step"] for p in curve] == list(range(cfg["validate_every"], cfg["steps"] + 1, cfg["validate_every"]))
+        for p in curve:
+            assert {"label_2d_px/single", "label_2d_px/interaction", "cross_view_mm", "pa_mpjpe_mm/single"} <= set(p)
+            assert p["label_signal"] == pytest.approx(p["label_2d_px/interaction"] + p["cross_view_mm"], abs=0.02)
