@@ -23,7 +23,9 @@ constant pose (the Procrustes mean of the training captures' ground truth) on th
 steps, minutes and the CPU it ran on. It is printed as JSON on the last line and merged into
 ``results/learnability.json`` (keys ``rung1``, ``rung2``, ``rung3`` hold the latest run of each rung,
 ``rung3_bootstrapped`` the latest rung 3 on the bootstrapped labels (``--labels bootstrapped``);
-``history`` every run, with the options it was run with). Everything runs as Luigi tasks: an
+``history`` every run, with the options it was run with; ``selection_rule`` the rule by which a change
+to rung 2's chosen run is kept, fixed by hand before the runs it judges: each rung-2 run's verdict under
+the rule as it stood when the run started is printed and kept in its history entry). Everything runs as Luigi tasks: an
 interrupted ladder started again resumes, and a run with other ``--train`` options reuses the
 captures and labels.
 """
@@ -398,6 +400,32 @@ def parse_options(items: list[str]) -> dict:
         raise SystemExit(f"learnability: {exc}") from None
 
 
+def selection_verdict(rule: dict | None, head: dict) -> dict | None:
+    """The keep-or-not verdict of a rung-2 run under the selection rule in force when it started (the
+    ``selection_rule`` key of learnability.json, fixed before the runs it judges): a change is kept when the
+    first seed's last validation pass has ``signal`` below the chosen run's value by more than ``margin``
+    (the seed spread of a run with three seeds). Label-only signals only: the validation ground truth and
+    the test captures decide nothing. None when there is no rule or no validation pass."""
+    if not rule or not head.get("validation_last"):
+        return None
+    value = head["validation_last"].get(rule["signal"])
+    if value is None:
+        raise SystemExit(f"learnability: the selection rule's signal {rule['signal']!r} is not in the validation "
+                         f"pass (it has {sorted(head['validation_last'])})")
+    threshold = round(rule["chosen_value"] - rule["margin"], 4)
+    return {"signal": rule["signal"], "value": value, "threshold": threshold, "kept": bool(value < threshold),
+            "against": rule["chosen"], "rule_fixed": rule.get("fixed")}
+
+
+def seed_spread(curves: list, signal: str) -> dict | None:
+    """Each seed's last validation pass on ``signal`` and their spread (largest minus smallest): the margin a
+    selection rule takes from a run with several seeds. None with fewer than two seeds."""
+    last = [c[-1][signal] for c in curves if c and signal in c[-1]]
+    if len(last) < 2:
+        return None
+    return {"signal": signal, "per_seed": last, "spread": round(max(last) - min(last), 4)}
+
+
 def merge_results(path: Path, results: dict, entry: dict) -> dict:
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(results)
@@ -447,6 +475,9 @@ def main(argv=None) -> int:
     if not set(rungs) <= set(RUNGS):
         raise SystemExit(f"learnability: rungs are 1, 2, 3 (got {args.rungs})")
     options = parse_options(args.train)
+    results_path = Path(args.results) / "learnability.json"
+    # the selection rule as it stands when this run starts: a run is judged by the rule fixed before it
+    rule = json.loads(results_path.read_text()).get("selection_rule") if results_path.exists() else None
     ladder = Ladder(cfg, Path(args.out), options, args.workers)
     hw = hardware()
     log(f"hardware: {hw['cpu']}, auto precision {hw['auto_precision']}")
@@ -475,8 +506,19 @@ def main(argv=None) -> int:
         results[key] = res
         log(f"rung {r}: {json.dumps(_headline(res))}")
     heads = {k: (_headline(v) if k.startswith("rung") else v) for k, v in results.items()}
+    if "rung2" in heads:
+        verdict = selection_verdict(rule, heads["rung2"])
+        if verdict:
+            heads["rung2"]["verdict"] = verdict
+            log(f"rung 2 by the selection rule (against {verdict['against']}): {verdict['signal']} "
+                f"{verdict['value']:.2f} {'<' if verdict['kept'] else '>='} {verdict['threshold']:.2f}: "
+                f"{'kept' if verdict['kept'] else 'not kept'}")
+        signal = rule["signal"] if rule else "label_2d_px/single"
+        if spread := seed_spread(results["rung2"].get("validation_curve", []), signal):
+            heads["rung2"]["validation_spread"] = spread
+            log(f"rung 2 seed spread of {spread['signal']}: {spread['spread']:.2f} ({spread['per_seed']})")
     if not args.quick:
-        merge_results(Path(args.results) / "learnability.json", results,
+        merge_results(results_path, results,
                       {"date": time.strftime("%Y-%m-%d %H:%M"), "options": options, "config": cfg, **heads})
     print(json.dumps(heads))
     return 0

@@ -112,7 +112,7 @@ def test_quick_diversity_curve_counts_what_each_point_trained_on_and_draws_it(tm
     assert not (tmp_path / "never").exists()
 
 
-def test_quick_rung2_with_two_seeds_reports_their_spread(tmp_path):
+def test_quick_rung2_with_two_seeds_reports_their_spread(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--rung2-seeds takes 1 to 2"):  # the smoke configuration has 2 seeds
         learnability.main(["--quick", "--rungs", "2", "--rung2-seeds", "3", "--out", str(tmp_path / "never")])
     assert not (tmp_path / "never").exists()
@@ -145,3 +145,54 @@ def test_quick_rung2_with_two_seeds_reports_their_spread(tmp_path):
         for p in curve:
             assert {"label_2d_px/single", "label_2d_px/interaction", "cross_view_mm", "pa_mpjpe_mm/single"} <= set(p)
             assert p["label_signal"] == pytest.approx(p["label_2d_px/interaction"] + p["cross_view_mm"], abs=0.02)
+
+    # the same run through the command line (every stage cached) is judged by the selection rule it finds
+    results = tmp_path / "results"
+    results.mkdir()
+    first = res["validation_curve"][0][-1]["label_2d_px/single"]
+    rule = {"signal": "label_2d_px/single", "chosen": "some run", "chosen_value": first + 1.0, "margin": 0.5}
+    (results / "learnability.json").write_text(json.dumps({"selection_rule": rule}))
+    assert learnability.main(["--quick", "--rungs", "2", "--rung2-seeds", "2", "--pretrain-steps", "2",
+                              "--out", str(tmp_path / "out"), "--results", str(results)]) == 0
+    head = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rung2"]
+    assert head["verdict"]["kept"] is True and head["verdict"]["value"] == pytest.approx(first)
+    assert head["verdict"]["threshold"] == pytest.approx(first + 0.5)
+    last = [c[-1]["label_2d_px/single"] for c in res["validation_curve"]]
+    assert head["validation_spread"]["per_seed"] == pytest.approx(last)
+    assert head["validation_spread"]["spread"] == pytest.approx(max(last) - min(last))
+    assert len(list((tmp_path / "out" / "runs").glob("train-*"))) == 2  # nothing trained again
+
+
+def test_selection_verdict_keeps_a_change_only_below_the_chosen_run_by_more_than_the_margin():
+    rule = {"signal": "label_2d_px/single", "chosen": "ah", "chosen_value": 3.04, "margin": 0.21, "fixed": "x"}
+    head = {"validation_last": {"step": 3000, "label_2d_px/single": 2.80, "label_signal": 30.0}}
+    v = learnability.selection_verdict(rule, head)
+    assert v["kept"] is True and v["threshold"] == pytest.approx(2.83) and v["against"] == "ah"
+    head["validation_last"]["label_2d_px/single"] = 2.83  # level with the threshold is not below it
+    assert learnability.selection_verdict(rule, head)["kept"] is False
+    head["validation_last"]["label_2d_px/single"] = 2.95  # better than the chosen run, but inside the noise
+    assert learnability.selection_verdict(rule, head)["kept"] is False
+    # the ground truth never decides: a run whose 3D error is far better is judged on the label-only signal alone
+    head["validation_last"]["pa_mpjpe_mm/single"] = 0.1
+    assert learnability.selection_verdict(rule, head)["kept"] is False
+    assert learnability.selection_verdict(None, head) is None
+    assert learnability.selection_verdict(rule, {"validation_last": None}) is None
+    with pytest.raises(SystemExit, match="'no_such' is not in the validation pass"):
+        learnability.selection_verdict(dict(rule, signal="no_such"), head)
+
+
+def test_seed_spread_is_largest_minus_smallest_of_each_seeds_last_pass():
+    curves = [[{"label_2d_px/single": 9.0}, {"label_2d_px/single": 3.59}],
+              [{"label_2d_px/single": 3.51}], [{"label_2d_px/single": 8.0}, {"label_2d_px/single": 3.72}]]
+    spread = learnability.seed_spread(curves, "label_2d_px/single")
+    assert spread["per_seed"] == [3.59, 3.51, 3.72] and spread["spread"] == pytest.approx(0.21)
+    assert learnability.seed_spread(curves[:1], "label_2d_px/single") is None
+
+
+def test_the_committed_selection_rule_names_a_run_in_the_history_with_that_value():
+    data = json.loads((Path(__file__).resolve().parent.parent / "results" / "learnability.json").read_text())
+    rule = data["selection_rule"]
+    assert {"signal", "chosen", "chosen_date", "chosen_value", "margin", "fixed"} <= set(rule)
+    chosen = [h for h in data["history"] if h["date"] == rule["chosen_date"]]
+    assert len(chosen) == 1
+    assert chosen[0]["rung2"]["validation_last"][rule["signal"]] == pytest.approx(rule["chosen_value"], abs=0.005)
