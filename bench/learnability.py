@@ -260,6 +260,12 @@ def _generalisation(ladder: Ladder, labels: dict, seeds: tuple, name: str) -> di
     res["training_data"] = {"captures": len(caps), "frames": len(caps) * ladder.cfg["frames"],
                             "keyframe_every": ladder.cfg["keyframe_every"], "pose_prior": ladder.cfg["pose_prior"],
                             "rigs": {"ring": len(ring), "dome_occluders": len(dome)}}
+    # how many distinct poses each scored capture holds: its frames move smoothly from one key pose to the next
+    # over this many key-pose intervals (1.5: a first pose, a second, half-way to a third), so frame-bootstrap
+    # intervals speak for these few poses, not for unseen hands at large
+    res["scored_data"] = {k: {"frames": c.frames, "keyframe_every": c.keyframe_every,
+                              "key_pose_intervals": round((c.frames - 1) / c.keyframe_every, 2)}
+                          for k, c in {**test_caps, "validation": val_cap}.items()}
     res["train"] = _public(runs[0])
     if ladder.cfg["pretrain_steps"]:  # how well the 2D stage itself generalises (first seed)
         res["pretrain_2d_px"] = keypoint_errors(ladder.pretrain(train_ds, seeds[0]),

@@ -119,6 +119,9 @@ def test_quick_rung2_with_two_seeds_reports_their_spread(tmp_path, capsys):
     cfg = dict(learnability.DEFAULT, **learnability.QUICK, rung2_seeds=2, pretrain_steps=2)
     res = learnability.rung2(learnability.Ladder(cfg, tmp_path / "out", {}))
     assert res["seeds"] == [0, 1]
+    assert set(res["scored_data"]) == {*learnability.TESTS, "validation"}
+    assert res["scored_data"]["ring-600"] == {"frames": cfg["frames"], "keyframe_every": 15,
+                                              "key_pose_intervals": round((cfg["frames"] - 1) / 15, 2)}
     # the 2D stage's own generalisation: its keypoint network on the training and on the unseen crops, every
     # labelled joint of every valid view counted
     from pipeline.dataset import ShardDataset
