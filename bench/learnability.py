@@ -406,6 +406,23 @@ def parse_options(items: list[str]) -> dict:
         raise SystemExit(f"learnability: {exc}") from None
 
 
+RULE_KEYS = ("signal", "chosen", "chosen_value", "margin")
+
+
+def load_selection_rule(path: Path) -> dict | None:
+    """The ``selection_rule`` of a results file, checked before any work: a hand-edited rule that lacks a key
+    or has a value that is not a number is refused here, naming the file, not after an hour of training."""
+    rule = json.loads(path.read_text()).get("selection_rule") if path.exists() else None
+    if rule is None:
+        return None
+    missing = [k for k in RULE_KEYS if k not in rule]
+    bad = [k for k in ("chosen_value", "margin") if k in rule and not isinstance(rule[k], (int, float))]
+    if missing or bad:
+        raise SystemExit(f"learnability: {path}: selection_rule needs {', '.join(RULE_KEYS)} with numbers for "
+                         f"chosen_value and margin (missing: {missing or 'none'}; not a number: {bad or 'none'})")
+    return rule
+
+
 def selection_verdict(rule: dict | None, head: dict) -> dict | None:
     """The keep-or-not verdict of a rung-2 run under the selection rule in force when it started (the
     ``selection_rule`` key of learnability.json, fixed before the runs it judges): a change is kept when the
@@ -483,7 +500,7 @@ def main(argv=None) -> int:
     options = parse_options(args.train)
     results_path = Path(args.results) / "learnability.json"
     # the selection rule as it stands when this run starts: a run is judged by the rule fixed before it
-    rule = json.loads(results_path.read_text()).get("selection_rule") if results_path.exists() else None
+    rule = load_selection_rule(results_path)
     ladder = Ladder(cfg, Path(args.out), options, args.workers)
     hw = hardware()
     log(f"hardware: {hw['cpu']}, auto precision {hw['auto_precision']}")

@@ -199,3 +199,14 @@ def test_the_committed_selection_rule_names_a_run_in_the_history_with_that_value
     chosen = [h for h in data["history"] if h["date"] == rule["chosen_date"]]
     assert len(chosen) == 1
     assert chosen[0]["rung2"]["validation_last"][rule["signal"]] == pytest.approx(rule["chosen_value"], abs=0.005)
+
+
+def test_a_malformed_selection_rule_is_refused_before_any_work_naming_the_file(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "learnability.json").write_text(json.dumps({"selection_rule": {"signal": "label_2d_px/single",
+                                                                             "chosen": "ah", "margin": "0.05"}}))
+    with pytest.raises(SystemExit, match=r"learnability.json: selection_rule needs .*missing: \['chosen_value'\]; "
+                                         r"not a number: \['margin'\]"):
+        learnability.main(["--quick", "--rungs", "2", "--out", str(tmp_path / "never"), "--results", str(results)])
+    assert not (tmp_path / "never").exists()
