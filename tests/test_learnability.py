@@ -120,8 +120,14 @@ def test_quick_rung2_with_two_seeds_reports_their_spread(tmp_path, capsys):
     res = learnability.rung2(learnability.Ladder(cfg, tmp_path / "out", {}))
     assert res["seeds"] == [0, 1]
     assert set(res["scored_data"]) == {*learnability.TESTS, "validation"}
-    assert res["scored_data"]["ring-600"] == {"frames": cfg["frames"], "keyframe_every": 15,
+    assert res["scored_data"]["ring-600"] == {"frames": cfg["frames"], "keyframe_every": 15, "pose_prior": "default",
                                               "key_pose_intervals": round((cfg["frames"] - 1) / 15, 2)}
+    # the many-poses captures: four times the frames, a key pose every 3 from the wide prior, scored like the others
+    assert res["scored_data"]["ring-700-wide"] == {"frames": 4 * cfg["frames"], "keyframe_every": 3,
+                                                   "pose_prior": "wide",
+                                                   "key_pose_intervals": round((4 * cfg["frames"] - 1) / 3, 2)}
+    wide = res["per_capture"]["dome-710-wide-occluders"]
+    assert wide["single"]["mean"] > 0 and wide["constant"]["mean"] > 0 and wide["untrained_single"]["mean"] > 0
     # the 2D stage's own generalisation: its keypoint network on the training and on the unseen crops, every
     # labelled joint of every valid view counted
     from pipeline.dataset import ShardDataset
