@@ -432,27 +432,44 @@ def load_selection_rule(path: Path) -> dict | None:
         return None
     missing = [k for k in RULE_KEYS if k not in rule]
     bad = [k for k in ("chosen_value", "margin") if k in rule and not isinstance(rule[k], (int, float))]
+    by_cpu = rule.get("chosen_value_by_cpu", {})
+    if not isinstance(by_cpu, dict) or not all(isinstance(v, (int, float)) for v in by_cpu.values()):
+        bad.append("chosen_value_by_cpu")
     if missing or bad:
         raise SystemExit(f"learnability: {path}: selection_rule needs {', '.join(RULE_KEYS)} with numbers for "
-                         f"chosen_value and margin (missing: {missing or 'none'}; not a number: {bad or 'none'})")
+                         f"chosen_value and margin, and chosen_value_by_cpu, if given, a CPU model to a number each "
+                         f"(missing: {missing or 'none'}; not a number: {bad or 'none'})")
     return rule
 
 
-def selection_verdict(rule: dict | None, head: dict) -> dict | None:
+def selection_verdict(rule: dict | None, head: dict, cpu: str | None = None) -> dict | None:
     """The keep-or-not verdict of a rung-2 run under the selection rule in force when it started (the
     ``selection_rule`` key of learnability.json, fixed before the runs it judges): a change is kept when the
     first seed's last validation pass has ``signal`` below the chosen run's value by more than ``margin``
-    (the seed spread of a run with three seeds). Label-only signals only: the validation ground truth and
-    the test captures decide nothing. None when there is no rule or no validation pass."""
+    (the chosen run's spread over seeds and machines). Label-only signals only: the validation ground truth
+    and the test captures decide nothing. None when there is no rule or no validation pass.
+
+    One seed trains identically on one CPU model but not across CPU kinds (their float kernels differ), so
+    a rule with ``chosen_value_by_cpu`` compares a run with the chosen run's value on the run's own CPU
+    model ``cpu``; where it has none the verdict is no verdict (``kept`` None) and says what to run."""
     if not rule or not head.get("validation_last"):
         return None
     value = head["validation_last"].get(rule["signal"])
     if value is None:
         raise SystemExit(f"learnability: the selection rule's signal {rule['signal']!r} is not in the validation "
                          f"pass (it has {sorted(head['validation_last'])})")
-    threshold = round(rule["chosen_value"] - rule["margin"], 4)
-    return {"signal": rule["signal"], "value": value, "threshold": threshold, "kept": bool(value < threshold),
-            "against": rule["chosen"], "rule_fixed": rule.get("fixed")}
+    verdict = {"signal": rule["signal"], "value": value, "against": rule["chosen"], "rule_fixed": rule.get("fixed")}
+    reference = rule["chosen_value"]
+    if "chosen_value_by_cpu" in rule:
+        verdict["cpu"] = cpu
+        reference = rule["chosen_value_by_cpu"].get(cpu)
+        if reference is None:
+            return dict(verdict, threshold=None, kept=None,
+                        reason=f"no value of {rule['chosen']} on the CPU model {cpu!r} (the rule has "
+                               f"{sorted(rule['chosen_value_by_cpu'])}): run {rule['chosen']}'s own command on this "
+                               f"CPU model first and add its value to chosen_value_by_cpu")
+    threshold = round(reference - rule["margin"], 4)
+    return dict(verdict, reference=reference, threshold=threshold, kept=bool(value < threshold))
 
 
 def seed_spread(curves: list, signal: str) -> dict | None:
@@ -545,8 +562,11 @@ def main(argv=None) -> int:
         log(f"rung {r}: {json.dumps(_headline(res))}")
     heads = {k: (_headline(v) if k.startswith("rung") else v) for k, v in results.items()}
     if "rung2" in heads:
-        verdict = selection_verdict(rule, heads["rung2"])
-        if verdict:
+        verdict = selection_verdict(rule, heads["rung2"], hw["cpu"])
+        if verdict and verdict["kept"] is None:
+            heads["rung2"]["verdict"] = verdict
+            log(f"rung 2 by the selection rule: no verdict: {verdict['reason']}")
+        elif verdict:
             heads["rung2"]["verdict"] = verdict
             log(f"rung 2 by the selection rule (against {verdict['against']}): {verdict['signal']} "
                 f"{verdict['value']:.2f} {'<' if verdict['kept'] else '>='} {verdict['threshold']:.2f}: "
@@ -568,6 +588,7 @@ def _headline(res: dict) -> dict:
                 ("single", "interaction", "fusion", "untrained_single", "untrained_fusion", "constant", "ransac",
                  "nmpjpe_fusion", "orientation_deg_median_single", "orientation_deg_median_fusion")}
     h = {"pass": res.get("pass"), "minutes": res.get("minutes"), "cpu_kind": res.get("hardware", {}).get("cpu_kind"),
+         "cpu": res.get("hardware", {}).get("cpu"),
          "options": res.get("options"), "pretrain_steps": res.get("pretrain_steps"), "data": res.get("data")}
     if "per_capture" in res:
         h["milestone"] = res.get("milestone")

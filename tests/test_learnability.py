@@ -190,6 +190,24 @@ def test_selection_verdict_keeps_a_change_only_below_the_chosen_run_by_more_than
         learnability.selection_verdict(dict(rule, signal="no_such"), head)
 
 
+def test_selection_verdict_compares_with_the_chosen_run_on_the_same_cpu_model_or_gives_none():
+    rule = {"signal": "label_2d_px/single", "chosen": "ah", "chosen_value": 3.04, "margin": 0.13, "fixed": "x",
+            "chosen_value_by_cpu": {"AMD EPYC": 3.04, "Intel(R) Xeon(R) Processor": 2.93}}
+    head = {"validation_last": {"step": 3000, "label_2d_px/single": 2.85}}
+    # below the AMD reference by more than the margin, but not below the Intel one: the run's own CPU decides
+    amd = learnability.selection_verdict(rule, head, "AMD EPYC")
+    assert amd["kept"] is True and amd["reference"] == 3.04 and amd["threshold"] == pytest.approx(2.91)
+    intel = learnability.selection_verdict(rule, head, "Intel(R) Xeon(R) Processor")
+    assert intel["kept"] is False and intel["threshold"] == pytest.approx(2.80) and intel["cpu"].startswith("Intel")
+    # a CPU model the chosen run never ran on: no verdict, and what to run instead
+    other = learnability.selection_verdict(rule, head, "Some Other CPU")
+    assert other["kept"] is None and other["threshold"] is None
+    assert "'Some Other CPU'" in other["reason"] and "run ah's own command on this CPU model" in other["reason"]
+    # without the per-CPU values the single value holds on every CPU (the rule as it was before)
+    plain = {k: v for k, v in rule.items() if k != "chosen_value_by_cpu"}
+    assert learnability.selection_verdict(plain, head, "Some Other CPU")["threshold"] == pytest.approx(2.91)
+
+
 def test_seed_spread_is_largest_minus_smallest_of_each_seeds_last_pass():
     curves = [[{"label_2d_px/single": 9.0}, {"label_2d_px/single": 3.59}],
               [{"label_2d_px/single": 3.51}], [{"label_2d_px/single": 8.0}, {"label_2d_px/single": 3.72}]]
@@ -205,14 +223,22 @@ def test_the_committed_selection_rule_names_a_run_in_the_history_with_that_value
     chosen = [h for h in data["history"] if h["date"] == rule["chosen_date"]]
     assert len(chosen) == 1
     assert chosen[0]["rung2"]["validation_last"][rule["signal"]] == pytest.approx(rule["chosen_value"], abs=0.005)
+    # each per-CPU reference is a run of the chosen run's own options (its command again on that CPU)
+    for cpu, value in rule.get("chosen_value_by_cpu", {}).items():
+        same = [h for h in data["history"] if "rung2" in h and h["options"] == chosen[0]["options"]
+                and h["config"].get("pretrain_steps") == chosen[0]["config"].get("pretrain_steps")
+                and h["config"].get("steps") == chosen[0]["config"].get("steps")
+                and h["rung2"]["validation_last"][rule["signal"]] == pytest.approx(value, abs=0.005)]
+        assert same, (cpu, value)
 
 
 def test_a_malformed_selection_rule_is_refused_before_any_work_naming_the_file(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "learnability.json").write_text(json.dumps({"selection_rule": {"signal": "label_2d_px/single",
-                                                                             "chosen": "ah", "margin": "0.05"}}))
+                                                                             "chosen": "ah", "margin": "0.05",
+                                                                             "chosen_value_by_cpu": {"x": "3"}}}))
     with pytest.raises(SystemExit, match=r"learnability.json: selection_rule needs .*missing: \['chosen_value'\]; "
-                                         r"not a number: \['margin'\]"):
+                                         r"not a number: \['margin', 'chosen_value_by_cpu'\]"):
         learnability.main(["--quick", "--rungs", "2", "--out", str(tmp_path / "never"), "--results", str(results)])
     assert not (tmp_path / "never").exists()
