@@ -294,8 +294,8 @@ def scored_capture(spec: dict, frames: int) -> dict:
 
 def training_seeds(captures: int) -> tuple[list, list]:
     """The training captures' seeds: three ring captures to one dome capture with occluders, the default 8
-    being 510-515 and 520-521; more continue each run of seeds (never reaching 550 or 600): ring 510-549
-    without 520-529, dome 520-529, and beyond those 36 captures ring from 1000 and dome from 2000 (the
+    being 510-515 and 520-521; more continue each run of seeds (never reaching the validation or test
+    seeds): ring 510-549 without 520-529, dome 520-529, and beyond those 36 captures ring from 1000 and dome from 2000 (the
     first 36 stay what they were, so earlier captures and their prepared labels are reused)."""
     if not 2 <= captures <= MAX_CAPTURES:
         raise SystemExit(f"learnability: --captures takes 2 to {MAX_CAPTURES} training captures, got {captures}")
@@ -563,12 +563,10 @@ def main(argv=None) -> int:
     heads = {k: (_headline(v) if k.startswith("rung") else v) for k, v in results.items()}
     if "rung2" in heads:
         verdict = selection_verdict(rule, heads["rung2"], hw["cpu"])
-        if verdict and verdict["kept"] is None:
+        if verdict:
             heads["rung2"]["verdict"] = verdict
-            log(f"rung 2 by the selection rule: no verdict: {verdict['reason']}")
-        elif verdict:
-            heads["rung2"]["verdict"] = verdict
-            log(f"rung 2 by the selection rule (against {verdict['against']}): {verdict['signal']} "
+            log(f"rung 2 by the selection rule: no verdict: {verdict['reason']}" if verdict["kept"] is None else
+                f"rung 2 by the selection rule (against {verdict['against']}): {verdict['signal']} "
                 f"{verdict['value']:.2f} {'<' if verdict['kept'] else '>='} {verdict['threshold']:.2f}: "
                 f"{'kept' if verdict['kept'] else 'not kept'}")
         signal = rule["signal"] if rule else "label_2d_px/single"
