@@ -59,7 +59,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     num_workers: int = 0
-    grad_clip: Optional[float] = None
+    grad_clip: Optional[float] = None  # clip the gradients' total norm to this (None or 0: off, the official code)
     # "auto": bf16 CPU autocast where the CPU computes bf16 natively (AVX512_BF16/AMX: ResNet-50 step 2x
     # faster, same loss), fp32 elsewhere (emulated bf16 is 10-18x slower); or "fp32" / "bf16" (model.precision)
     precision: str = "auto"
@@ -354,8 +354,9 @@ class Trainer:
                        "; no checkpoint was written yet"))
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            grad_norm = None
+            if cfg.grad_clip:  # the norm before clipping is logged: a run near divergence shows in it
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
             self.optimizer.step()
             self.scheduler.step()
             self.state.step += 1
@@ -363,6 +364,8 @@ class Trainer:
             record = {"step": self.state.step, "epoch": self.state.epoch, "lr": self.scheduler.get_last_lr()[0],
                       "seconds": round(time.perf_counter() - t0, 4), "precision": self.precision.precision,
                       **{k: float(v.detach()) for k, v in losses.items()}}
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm
             if self.rank == 0:
                 with open(metrics_path, "a") as fh:
                     fh.write(json.dumps(record) + "\n")

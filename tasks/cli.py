@@ -155,7 +155,7 @@ def _train(args: argparse.Namespace) -> int:
                  "aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_occlusion_prob", "initial_orientation",
                  "cross_view_warmup", "validate_every", "val_dataset", "val_samples", "view_keep_prob",
                  "view_keep_anneal_steps", "articulation", "pca_components", "lr_schedule", "lr_warmup_steps",
-                 "labels", "single_view_input", "keypoint_head_weights"):
+                 "grad_clip", "labels", "single_view_input", "keypoint_head_weights"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -605,6 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning-rate schedule (default cosine to 0 over the run)")
     p.add_argument("--lr-warmup-steps", type=int, default=None, metavar="STEPS",
                    help="linear warm-up of --lr-schedule warmup-cosine")
+    p.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
+                   help="clip the gradients' total norm to NORM before each step (default 0: off, the official code)")
     p.add_argument("--validate-every", type=int, default=None, metavar="N",
                    help="validation pass every N steps on frames training never uses (default 100; 0 off): "
                    "validation.jsonl, TensorBoard event files, checkpoint-best.pt")

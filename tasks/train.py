@@ -35,7 +35,8 @@ AUGMENTATION_OPTIONS = ("aug_rotation_deg", "aug_colour", "aug_blur_prob", "aug_
 # options added after runs were named by their parameters: at these values a run keeps the name it had
 NEUTRAL_OPTIONS = {"initial_orientation": "identity", "cross_view_warmup": "0", "view_keep_prob": "0.5",
                    "view_keep_anneal_steps": "0", "articulation": "full", "lr_schedule": "cosine",
-                   "lr_warmup_steps": "0", "labels": "raw", "single_view_input": "gap", "keypoint_head_weights": "none"}
+                   "lr_warmup_steps": "0", "labels": "raw", "single_view_input": "gap", "keypoint_head_weights": "none",
+                   "grad_clip": "0.0"}
 # what a validation pass watches does not change the trained weights: not part of the run's name
 VALIDATION_OPTIONS = ("validate_every", "val_dataset", "val_split", "val_samples")
 
@@ -106,6 +107,8 @@ class TrainModel(HamucoTask):
                                         description="learning-rate schedule: cosine to 0 over the run, constant, or "
                                         "a linear warm-up over lr_warmup_steps then cosine")
     lr_warmup_steps = luigi.IntParameter(default=0, description="steps of the warm-up of lr_schedule=warmup-cosine")
+    grad_clip = luigi.FloatParameter(default=0.0, description="clip the gradients' total norm to this before each "
+                                     "step (0: off, the official code); the norm before clipping goes to metrics.jsonl")
     validate_every = luigi.IntParameter(default=100, description="a validation pass every N steps on frames "
                                         "training never uses (0: none); validation.jsonl, TensorBoard, "
                                         "checkpoint-best.pt")
@@ -122,7 +125,7 @@ class TrainModel(HamucoTask):
               "distillation_weight": in_range(0, 1e6), "alpha": in_range(0, 1e6), "gamma": in_range(0, 1e6),
               "cross_view_warmup": at_least(0), "view_keep_prob": (lambda v: v is not None and 0 < v <= 1, "in (0, 1]"),
               "view_keep_anneal_steps": at_least(0), "pca_components": in_range(1, 45), "validate_every": at_least(0), "val_samples": at_least(1),
-              "lr_warmup_steps": at_least(0)}
+              "lr_warmup_steps": at_least(0), "grad_clip": in_range(0, 1e6)}
 
     def check_parameters(self) -> None:
         super().check_parameters()
@@ -215,7 +218,8 @@ class TrainModel(HamucoTask):
         cfg = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                           checkpoint_every=self.checkpoint_every, seed=self.seed, num_workers=self.num_workers,
                           precision=self.precision, channels_last=True, validate_every=self.validate_every,
-                          lr_schedule=self.lr_schedule, lr_warmup_steps=self.lr_warmup_steps)
+                          lr_schedule=self.lr_schedule, lr_warmup_steps=self.lr_warmup_steps,
+                          grad_clip=self.grad_clip or None)
         weights = LossWeights(alpha=self.alpha, gamma=self.gamma, consistency=self.consistency_weight,
                               distillation=self.distillation_weight, cross_view_warmup=self.cross_view_warmup)
         validation = None

@@ -66,15 +66,18 @@ def test_options_change_a_run_name_only_when_on(tmp_path):
     plain = TrainModel(**base).run_dir
     assert TrainModel(**base, initial_orientation="identity", cross_view_warmup=0, view_keep_prob=0.5,
                       view_keep_anneal_steps=0, validate_every=7, val_samples=3, lr_schedule="cosine",
-                      lr_warmup_steps=0).run_dir == plain
+                      lr_warmup_steps=0, grad_clip=0.0).run_dir == plain
     names = {TrainModel(**base, **kw).run_dir for kw in (dict(initial_orientation="upright"),
                                                          dict(cross_view_warmup=100), dict(view_keep_prob=1.0),
                                                          dict(view_keep_anneal_steps=100), dict(lr_schedule="constant"),
-                                                         dict(lr_schedule="warmup-cosine", lr_warmup_steps=50))}
-    assert len(names) == 6 and plain not in names
+                                                         dict(lr_schedule="warmup-cosine", lr_warmup_steps=50),
+                                                         dict(grad_clip=1.0))}
+    assert len(names) == 7 and plain not in names
     # a warm-up that is not inside the run is refused when the task is made, naming both options
     with pytest.raises(HamucoError, match="--lr-warmup-steps"):
         TrainModel(**base, lr_schedule="warmup-cosine", lr_warmup_steps=0)
+    with pytest.raises(HamucoError, match="grad_clip"):
+        TrainModel(**base, grad_clip=-1.0)
 
 
 def test_procedural_hand_articulation_basis_spans_plausible_poses():

@@ -194,6 +194,22 @@ def test_lr_schedules_follow_their_shape_and_resume_exactly(tmp_path, schedule):
                                                   resumed.model.state_dict().values()))
 
 
+def test_grad_clip_logs_the_norm_before_clipping_and_changes_the_update(tmp_path):
+    """With grad_clip each step logs the gradients' total norm before clipping; a limit below those norms
+    changes the weights (clipping is applied, not only logged); without it no norm is logged and the run
+    is the one it was before the option existed."""
+    plain, _ = run(tmp_path / "plain", 6)
+    assert all("grad_norm" not in json.loads(x) for x in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines())
+    loose, _ = run(tmp_path / "loose", 6, grad_clip=1e6)
+    norms = [json.loads(x)["grad_norm"] for x in (tmp_path / "loose" / "metrics.jsonl").read_text().splitlines()]
+    assert len(norms) == 6 and all(math.isfinite(n) and n > 0 for n in norms)
+    # a limit far above every norm leaves the update as it was
+    assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(), loose.model.state_dict().values()))
+    tight, _ = run(tmp_path / "tight", 6, grad_clip=min(norms) / 100)
+    assert not all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(),
+                                                      tight.model.state_dict().values()))
+
+
 def test_lr_factor_closed_forms_and_the_default_schedule_is_unchanged(tmp_path):
     from model.trainer import lr_factor
 
