@@ -295,8 +295,9 @@ def scored_capture(spec: dict, frames: int) -> dict:
 def training_seeds(captures: int) -> tuple[list, list]:
     """The training captures' seeds: three ring captures to one dome capture with occluders, the default 8
     being 510-515 and 520-521; more continue each run of seeds (never reaching the validation or test
-    seeds): ring 510-549 without 520-529, dome 520-529, and beyond those 36 captures ring from 1000 and dome from 2000 (the
-    first 36 stay what they were, so earlier captures and their prepared labels are reused)."""
+    seeds): ring 510-549 without 520-529, dome 520-529, and beyond those 36 captures ring from 1000 and
+    dome from 2000 (the first 36 stay what they were, so earlier captures and their prepared labels are
+    reused)."""
     if not 2 <= captures <= MAX_CAPTURES:
         raise SystemExit(f"learnability: --captures takes 2 to {MAX_CAPTURES} training captures, got {captures}")
     n_dome = max(1, round(captures / 4))

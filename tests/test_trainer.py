@@ -196,8 +196,8 @@ def test_lr_schedules_follow_their_shape_and_resume_exactly(tmp_path, schedule):
 
 def test_grad_clip_logs_the_norm_before_clipping_and_changes_the_update(tmp_path):
     """With grad_clip each step logs the gradients' total norm before clipping; a limit below those norms
-    changes the weights (clipping is applied, not only logged); without it no norm is logged and the run
-    is the one it was before the option existed."""
+    changes the weights (clipping is applied, not only logged), a limit above them leaves the weights
+    bit-identical to a run without clipping; without it no norm is logged."""
     plain, _ = run(tmp_path / "plain", 6)
     assert all("grad_norm" not in json.loads(x) for x in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines())
     loose, _ = run(tmp_path / "loose", 6, grad_clip=1e6)
