@@ -130,6 +130,7 @@ def validation_pass(source: str | os.PathLike | list, split: str = "val", max_sa
 
     run.samples = len(items)
     run.ground_truth = ds.ground_truth
+    run.batches, run.crop_size = batches, crop  # the same pass batch by batch (bench/validation_check.py)
     return run
 
 

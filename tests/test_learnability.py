@@ -242,3 +242,27 @@ def test_a_malformed_selection_rule_is_refused_before_any_work_naming_the_file(t
                                          r"not a number: \['margin', 'chosen_value_by_cpu'\]"):
         learnability.main(["--quick", "--rungs", "2", "--out", str(tmp_path / "never"), "--results", str(results)])
     assert not (tmp_path / "never").exists()
+
+
+def test_validation_check_pairs_runs_over_batches_and_names_a_missing_checkpoint(tmp_path):
+    import numpy as np
+    import validation_check as vc
+
+    rng = np.random.default_rng(1)
+    shifted = 0.5 + 0.1 * rng.standard_normal(48)  # a run worse by 0.5 on every batch, with noise
+    lo, hi = vc.paired_interval(shifted)
+    assert 0 < lo < shifted.mean() < hi
+    lo, hi = vc.paired_interval(0.1 * rng.standard_normal(48))  # no difference: the interval holds 0
+    assert lo < 0 < hi
+    with pytest.raises(SystemExit, match="NAME=RUN_DIR"):
+        vc.parse_runs([str(tmp_path)])
+    with pytest.raises(SystemExit, match="run 'ah': no .*checkpoint-last.pt"):
+        vc.parse_runs([f"ah={tmp_path}"])
+    (tmp_path / "checkpoint-last.pt").write_bytes(b"")
+    assert vc.parse_runs([f"ah={tmp_path}"]) == {"ah": tmp_path / "checkpoint-last.pt"}
+    # the candidate validation captures' seeds are no training, validation or test seed of the ladder
+    seeds = {kw["seed"] for kw in vc.CANDIDATES.values()}
+    for n in (2, 36, learnability.MAX_CAPTURES):
+        ring, dome = learnability.training_seeds(n)
+        assert not seeds & (set(ring) | set(dome))
+    assert not seeds & ({learnability.VAL_SEED, learnability.FIT_SEED} | {t["seed"] for t in learnability.TESTS.values()})

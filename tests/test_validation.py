@@ -167,3 +167,16 @@ def test_report_draws_the_validation_curves_beside_the_losses(tiny_checkpoint, t
     shutil.copy(tiny_checkpoint.parent / "metrics.jsonl", alone)
     # the tiny run's validation has label signals and ground truth: five more panels than the losses alone
     assert width(tiny_checkpoint.parent / "metrics.jsonl") > 1.8 * width(alone)
+
+
+def test_validation_pass_hands_out_its_batches_so_they_can_be_scored_one_by_one(tiny_dataset, tiny_checkpoint):
+    from model.inference import load_model
+    from pipeline.evaluate import validation_pass
+
+    run = validation_pass(str(tiny_dataset), "val", max_samples=4)
+    model, _ = load_model(tiny_checkpoint)
+    assert len(run.batches) == 1 and run.batches[0]["images"].shape[0] == run.samples
+    whole, by_batch = run(model), validation_signals(model, run.batches, run.crop_size)
+    assert set(whole) == set(by_batch)
+    for key, value in whole.items():  # the pass is its batches scored together: the same figures
+        assert value == pytest.approx(by_batch[key], nan_ok=True), key

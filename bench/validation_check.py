@@ -1,0 +1,145 @@
+"""Does a larger validation set tell rung-2 runs apart where the 12-frame validation capture cannot?
+
+A post hoc check for issue 20's selection rule (it chooses nothing itself). Rung 2 judges a change by
+one seed's last validation pass on capture ring-550: 12 frames, about one key-pose interval, 12 view
+groups. Runs whose test-capture errors differ by 1-2 mm (ah and ak) got validation figures within
+0.1 px and 0.1 mm of each other there, ground truth included, so the small capture may be what cannot
+see the difference, not the label-only signal.
+
+This script scores the final checkpoints of given training runs, each with the very validation pass
+the trainer runs (``pipeline.evaluate.validation_pass``, the run's precision), on:
+
+* ``val-ring-550``: the capture the rule reads (its first 16 groups, as in training: the figures must
+  equal the run's last line of validation.jsonl, a check that this is the same pass);
+* two candidate validation captures fixed here, before any run was scored on them, built like the
+  "-wide" test captures but from seeds nothing else uses: ``val-ring-560-wide`` (ring) and
+  ``val-dome-570-wide-occluders`` (dome, two occluders), 96 frames each, a key pose every 3 frames from
+  the wide prior: every view group of both (192).
+
+Per run and capture: ``label_2d_px/single`` (the signal the rule reads) and the ground truth
+(``pa_mpjpe_mm/single`` and ``/fusion``). Per run beside the first one given (the reference): the
+paired difference of each signal on the candidate captures, over the same batches of 4 view groups,
+with a 95% bootstrap interval over those batches. That interval covers which frames were drawn, not
+which training seed: the seed's share needs several seeds of one recipe.
+
+Usage (captures and labels are made once and cached under --out, about 2 minutes on 2 cores):
+  python bench/validation_check.py --run ah=learnability_output/runs/train-resnet18-5428d1818b \\
+      --run ak=learnability_output/runs/train-resnet18-ba787b9b7d [--json results/validation_check.json]
+Prints a table, then one JSON object on the last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import learnability as L  # noqa: E402  (Ladder, DEFAULT, PERFECT, VAL_SEED, scored_capture, hardware)
+
+CANDIDATES = {"val-ring-560-wide": dict(seed=560, rig="ring", occluders=0, keyframe_every=3, pose_prior="wide",
+                                        frames_times=4),
+              "val-dome-570-wide-occluders": dict(seed=570, rig="dome", occluders=2, keyframe_every=3,
+                                                  pose_prior="wide", frames_times=4)}
+OLD = f"val-ring-{L.VAL_SEED}"
+SIGNALS = ("label_2d_px/single", "pa_mpjpe_mm/single", "pa_mpjpe_mm/fusion")
+
+
+def paired_interval(diff: np.ndarray, resamples: int = 10_000, seed: int = 0) -> list[float]:
+    """95% percentile bootstrap interval of the mean of ``diff`` (one value per batch)."""
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(1)
+    return [round(float(np.percentile(means, 2.5)), 3), round(float(np.percentile(means, 97.5)), 3)]
+
+
+def parse_runs(items: list[str]) -> dict[str, Path]:
+    runs = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        ckpt = Path(path) / "checkpoint-last.pt"
+        if not sep or not name:
+            raise SystemExit(f"validation_check: --run takes NAME=RUN_DIR, got {item!r}")
+        if not ckpt.is_file():
+            raise SystemExit(f"validation_check: run {name!r}: no {ckpt}")
+        runs[name] = ckpt
+    return runs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="learnability_output", help="the ladder's output root (captures are cached there)")
+    ap.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
+                    help="a training run directory (its checkpoint-last.pt); the first is the reference")
+    ap.add_argument("--json", default=None, help="also write the JSON object to this file")
+    args = ap.parse_args()
+    runs = parse_runs(args.run)
+
+    from model.inference import load_model
+    from model.precision import resolve_precision
+    from model.validation import validation_signals
+    from pipeline.evaluate import validation_pass
+
+    cfg = dict(L.DEFAULT)
+    ladder = L.Ladder(cfg, Path(args.out), {})
+    caps = {k: ladder.capture(k, **L.scored_capture(kw, cfg["frames"])) for k, kw in CANDIDATES.items()}
+    caps[OLD] = ladder.capture(OLD, seed=L.VAL_SEED, rig="ring", occluders=0, frames=max(3, cfg["frames"] // 2))
+    ladder.build(list(caps.values()), "validation check: captures")
+    sets = {k: ladder.dataset([c], L.PERFECT) for k, c in caps.items()}
+    ladder.build(list(sets.values()), "validation check: labels")
+
+    result: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "hardware": L.hardware(), "runs": {}, "captures": {}}
+    per_batch: dict[str, dict[str, np.ndarray]] = {}
+    for name, ckpt in runs.items():
+        model, info = load_model(ckpt)
+        recorded = info.get("precision") if isinstance(info.get("precision"), dict) else {}
+        precision = resolve_precision(recorded.get("precision", "fp32"), "cpu", warn=False)  # as the run trained
+        row: dict = {"checkpoint": str(ckpt), "step": info["step"], "precision": precision.precision}
+        batches_rows: dict[str, list] = {s: [] for s in SIGNALS}
+        for k, ds in sets.items():
+            vp = validation_pass(ds.output().path, "train", 16 if k == OLD else 10**6, confidence="raw",
+                                 precision=precision)
+            row[k] = {s: round(float(v), 4) for s, v in vp(model).items() if s in SIGNALS + ("label_signal",)}
+            row[k]["groups"] = vp.samples
+            result["captures"][k] = vp.samples
+            if k == OLD:
+                val_log = ckpt.parent / "validation.jsonl"
+                if val_log.is_file():  # the same pass as training's last one?
+                    last = json.loads(val_log.read_text().splitlines()[-1])
+                    row[k]["training_last_pass"] = {s: round(last[s], 4) for s in SIGNALS}
+                continue
+            for batch in vp.batches:  # the same pass batch by batch, for paired intervals between runs
+                sig = validation_signals(model, [batch], vp.crop_size, precision)
+                for s in SIGNALS:
+                    batches_rows[s].append(float(sig[s]))
+        per_batch[name] = {s: np.asarray(v) for s, v in batches_rows.items()}
+        result["runs"][name] = row
+        L.log(f"{name}: " + "  ".join(f"{k} {row[k]['label_2d_px/single']:.3f} px / {row[k]['pa_mpjpe_mm/single']:.2f} mm"
+                                      for k in sets))
+    ref = next(iter(runs))
+    result["reference"] = ref
+    result["paired_vs_reference"] = {}
+    for name in runs:
+        if name == ref:
+            continue
+        result["paired_vs_reference"][name] = {
+            s: {"mean": round(float((per_batch[name][s] - per_batch[ref][s]).mean()), 3),
+                "ci95": paired_interval(per_batch[name][s] - per_batch[ref][s])} for s in SIGNALS}
+    print(f"{'run':6s} " + " | ".join(f"{k} px / single mm / fusion mm" for k in sets))
+    for name, row in result["runs"].items():
+        print(f"{name:6s} " + " | ".join(f"{row[k]['label_2d_px/single']:.3f} / {row[k]['pa_mpjpe_mm/single']:.2f} / "
+                                         f"{row[k]['pa_mpjpe_mm/fusion']:.2f}" for k in sets))
+    for name, d in result["paired_vs_reference"].items():
+        print(f"{name} − {ref} (candidate captures, paired over batches): "
+              + "; ".join(f"{s} {v['mean']:+.3f} {v['ci95']}" for s, v in d.items()))
+    text = json.dumps(result)
+    if args.json:
+        from model.atomic import atomic_write_text
+        atomic_write_text(Path(args.json), json.dumps(result, indent=1) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
