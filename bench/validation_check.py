@@ -90,7 +90,11 @@ def main() -> None:
     sets = {k: ladder.dataset([c], L.PERFECT) for k, c in caps.items()}
     ladder.build(list(sets.values()), "validation check: labels")
 
-    result: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "hardware": L.hardware(), "runs": {}, "captures": {}}
+    # each capture's pass read once (its shards decoded once), then scored for every run
+    passes = {k: validation_pass(ds.output().path, "train", 16 if k == OLD else 10**6, confidence="raw")
+              for k, ds in sets.items()}
+    result: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "hardware": L.hardware(), "runs": {},
+                    "captures": {k: vp.samples for k, vp in passes.items()}}
     per_batch: dict[str, dict[str, np.ndarray]] = {}
     for name, ckpt in runs.items():
         model, info = load_model(ckpt)
@@ -98,12 +102,10 @@ def main() -> None:
         precision = resolve_precision(recorded.get("precision", "fp32"), "cpu", warn=False)  # as the run trained
         row: dict = {"checkpoint": str(ckpt), "step": info["step"], "precision": precision.precision}
         batches_rows: dict[str, list] = {s: [] for s in SIGNALS}
-        for k, ds in sets.items():
-            vp = validation_pass(ds.output().path, "train", 16 if k == OLD else 10**6, confidence="raw",
-                                 precision=precision)
-            row[k] = {s: round(float(v), 4) for s, v in vp(model).items() if s in SIGNALS + ("label_signal",)}
+        for k, vp in passes.items():
+            whole = validation_signals(model, vp.batches, vp.crop_size, precision)  # what vp(model) computes
+            row[k] = {s: round(float(v), 4) for s, v in whole.items() if s in SIGNALS + ("label_signal",)}
             row[k]["groups"] = vp.samples
-            result["captures"][k] = vp.samples
             if k == OLD:
                 val_log = ckpt.parent / "validation.jsonl"
                 if val_log.is_file():  # the same pass as training's last one?
@@ -127,10 +129,10 @@ def main() -> None:
         result["paired_vs_reference"][name] = {
             s: {"mean": round(float((per_batch[name][s] - per_batch[ref][s]).mean()), 3),
                 "ci95": paired_interval(per_batch[name][s] - per_batch[ref][s])} for s in SIGNALS}
-    print(f"{'run':6s} " + " | ".join(f"{k} px / single mm / fusion mm" for k in sets))
+    print(f"{'run':6s} " + " | ".join(f"{k} px / single mm / fusion mm" for k in passes))
     for name, row in result["runs"].items():
         print(f"{name:6s} " + " | ".join(f"{row[k]['label_2d_px/single']:.3f} / {row[k]['pa_mpjpe_mm/single']:.2f} / "
-                                         f"{row[k]['pa_mpjpe_mm/fusion']:.2f}" for k in sets))
+                                         f"{row[k]['pa_mpjpe_mm/fusion']:.2f}" for k in passes))
     for name, d in result["paired_vs_reference"].items():
         print(f"{name} − {ref} (candidate captures, paired over batches): "
               + "; ".join(f"{s} {v['mean']:+.3f} {v['ci95']}" for s, v in d.items()))
