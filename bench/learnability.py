@@ -135,7 +135,7 @@ class Ladder:
                       **({"val_dataset": val.output().path, "val_split": "train"} if val is not None else {}))
         if weights:
             params["backbone_weights"] = weights
-            if self.options.get("single_view_input") == "keypoints":  # the same pretraining starts the keypoint head
+            if self.options.get("single_view_input") in ("keypoints", "joint_features"):  # the same pretraining starts the keypoint head
                 params["keypoint_head_weights"] = str(Path(weights).parent / "checkpoint-final.pt")
         params.update(self.options)
         return params

@@ -57,7 +57,8 @@ class HaMuCo(nn.Module):
     official code) or ``"pca"`` (``pca_components`` coefficients around the mean pose; both heads;
     :class:`model.single_view.Articulation`). ``single_view_input``: what the single view's heads read,
     ``"gap"`` (the official code) or ``"keypoints"`` (beside it the 21 joints' uv from a keypoint head,
-    started from ``keypoint_head_weights``, a 2D pretraining's checkpoint; :class:`SingleViewNet`).
+    started from ``keypoint_head_weights``, a 2D pretraining's checkpoint; :class:`SingleViewNet`) or
+    ``"joint_features"`` (beside both the backbone's features sampled at those joints).
     """
 
     def __init__(self, backbone_name: str = "resnet50", backbone_weights: Optional[str | os.PathLike] = "none",

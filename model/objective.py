@@ -14,9 +14,9 @@ the model and returns the loss terms of :mod:`model.losses`:
 * ``distillation``: the single-view points towards the (detached) fused multi-view result in the
   same view's frame;
 * ``shape_prior/single``, ``pose_prior/single``, ``pose_prior/interaction``;
-* ``joint_2d/keypoints``, only for a single view with a keypoint head (``single_view_input="keypoints"``):
-  the head's soft-argmax joints against the same labels, the 2D pretraining's term, so the joints its
-  heads read stay on the pseudo labels;
+* ``joint_2d/keypoints``, only for a single view with a keypoint head (``single_view_input`` =
+  ``"keypoints"`` or ``"joint_features"``): the head's soft-argmax joints against the same labels, the
+  2D pretraining's term, so the joints its heads read stay on the pseudo labels;
 * ``total``: the weighted sum (:class:`LossWeights`), which the trainer minimises.
 
 Options that deviate from the official code (each off by default): ``points="joints"`` (the 3D

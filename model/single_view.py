@@ -78,8 +78,12 @@ def init_pose_head(head: MLP, num_joints: int = NUM_POSE_JOINTS, std: float = 1e
 ARTICULATIONS = ("full", "pca")
 # What the single view's heads read: "gap" (the official code), the globally pooled H4 alone; "keypoints",
 # beside it the 21 joints' 2D positions from a keypoint head on H1..H4 (model.keypoints), which a 2D
-# pretraining can start and a 2D term keeps on the pseudo labels (model.objective)
-SINGLE_VIEW_INPUTS = ("gap", "keypoints")
+# pretraining can start and a 2D term keeps on the pseudo labels (model.objective); "joint_features", beside
+# both the backbone's H1..H3 sampled at those joints (the joint feature sampler), each joint's through a small
+# MLP to JOINT_FEATURE_DIM numbers: the joint-aligned kind of input the interaction branch decodes from
+SINGLE_VIEW_INPUTS = ("gap", "keypoints", "joint_features")
+KEYPOINT_INPUTS = ("keypoints", "joint_features")  # the inputs with a keypoint head
+JOINT_FEATURE_DIM = 32
 
 
 class Articulation(nn.Module):
@@ -226,7 +230,9 @@ class SingleViewNet(nn.Module):
 
     ``single_view_input="keypoints"``: the MLPs read GAP(H4) and the 21 joints' uv from a keypoint
     head (:class:`model.keypoints.HeatmapHead`), started from ``keypoint_head_weights`` (a 2D
-    pretraining's ``checkpoint-final.pt``) when given.
+    pretraining's ``checkpoint-final.pt``) when given. ``"joint_features"``: as ``"keypoints"``, and
+    beside them H1..H3 sampled at those joints (:func:`model.graph_features.joint_feature_sampler`),
+    each joint's through one MLP (shared over joints) to :data:`JOINT_FEATURE_DIM` numbers.
     """
 
     def __init__(self, backbone: Backbone, hand_model: HandModel, initial_orientation: str = "identity",
@@ -242,13 +248,17 @@ class SingleViewNet(nn.Module):
         self.articulation = Articulation(hand_model, articulation, pca_components)
         c = backbone.channels[-1]
         self.keypoint_head = None
-        if single_view_input == "keypoints":
+        self.joint_features = None
+        if single_view_input in KEYPOINT_INPUTS:
             self.keypoint_head = HeatmapHead(backbone.channels)
             if keypoint_head_weights not in (None, "", "none"):
                 load_keypoint_head(self.keypoint_head, keypoint_head_weights)
             c += 2 * NUM_KEYPOINTS
         elif keypoint_head_weights not in (None, "", "none"):
-            raise ValueError("keypoint head weights need single_view_input='keypoints'")
+            raise ValueError("keypoint head weights need single_view_input='keypoints' or 'joint_features'")
+        if single_view_input == "joint_features":  # per joint: H1..H3 at its uv → JOINT_FEATURE_DIM numbers
+            self.joint_features = MLP(sum(backbone.channels[:3]), JOINT_FEATURE_DIM)
+            c += NUM_KEYPOINTS * JOINT_FEATURE_DIM
         self.pose_head = MLP(c, self.articulation.raw_dim)
         self.shape_head = MLP(c, NUM_BETAS)
         self.cam_head = MLP(c, NUM_CAM)
@@ -267,6 +277,11 @@ class SingleViewNet(nn.Module):
         if self.keypoint_head is not None:
             keypoints = self.keypoint_head.keypoints(features)
             x = torch.cat([gap, keypoints.to(gap.dtype).flatten(1)], dim=1)
+        if self.joint_features is not None:
+            from .graph_features import joint_feature_sampler  # graph_features builds on this module
+
+            sampled = joint_feature_sampler(features[:3], keypoints)  # (N, 21, C1+C2+C3), uv detached
+            x = torch.cat([x, self.joint_features(sampled).to(x.dtype).flatten(1)], dim=1)
         pose6d = self.articulation(self.pose_head(x))
         betas = self.shape_head(x)
         cam = camera_from_raw(self.cam_head(x))

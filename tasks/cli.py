@@ -587,11 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "--pca-components coefficients around the mean pose")
     p.add_argument("--pca-components", type=int, default=None, help="principal components of --articulation pca "
                    "(default 12)")
-    p.add_argument("--single-view-input", choices=("gap", "keypoints"), default=None,
+    p.add_argument("--single-view-input", choices=("gap", "keypoints", "joint_features"), default=None,
                    help="what the single view's heads read: the pooled backbone features (gap, default, official) "
-                   "or beside them the 21 joints of a keypoint head (keypoints)")
+                   "or beside them the 21 joints of a keypoint head (keypoints), or beside both the backbone's "
+                   "features sampled at those joints (joint_features)")
     p.add_argument("--keypoint-head-weights", default=None, metavar="PATH",
-                   help="with --single-view-input keypoints: a 2D pretraining's checkpoint-final.pt (hamuco "
+                   help="with --single-view-input keypoints or joint_features: a 2D pretraining's checkpoint-final.pt (hamuco "
                    "pretrain) that starts the keypoint head (default: the head starts at random)")
     p.add_argument("--view-keep-prob", type=float, default=None,
                    help="view masking in the cross-view branch: probability of keeping each other view "

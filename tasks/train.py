@@ -89,10 +89,12 @@ class TrainModel(HamucoTask):
                                          description="pose heads: 16 free rotations (official) or the global "
                                          "orientation and pca_components coefficients around the mean pose")
     pca_components = luigi.IntParameter(default=12, description="principal components of the pca articulation")
-    single_view_input = luigi.ChoiceParameter(choices=["gap", "keypoints"], default="gap",
+    single_view_input = luigi.ChoiceParameter(choices=["gap", "keypoints", "joint_features"], default="gap",
                                               description="what the single view's heads read: the pooled H4 "
-                                              "(official) or beside it the 21 joints from a keypoint head")
-    keypoint_head_weights = luigi.Parameter(default="none", description="with single_view_input=keypoints: the "
+                                              "(official), beside it the 21 joints from a keypoint head, or "
+                                              "beside both the features sampled at those joints")
+    keypoint_head_weights = luigi.Parameter(default="none", description="with single_view_input=keypoints or "
+                                            "joint_features: the "
                                             "2D pretraining's checkpoint-final.pt that starts the keypoint head")
     cross_view_warmup = luigi.IntParameter(default=0, description="steps over which consistency and distillation "
                                            "ramp up from 0 (0: from the start, official)")
@@ -136,9 +138,9 @@ class TrainModel(HamucoTask):
             raise HamucoError(f"{self.task_family}: --lr-warmup-steps belongs to --lr-schedule warmup-cosine "
                               f"(the schedule is {self.lr_schedule})")
         if self.keypoint_head_weights.lower() not in ("none", ""):
-            if self.single_view_input != "keypoints":
+            if self.single_view_input not in ("keypoints", "joint_features"):
                 raise HamucoError(f"{self.task_family}: --keypoint-head-weights belongs to --single-view-input "
-                                  f"keypoints (the input is {self.single_view_input})")
+                                  f"keypoints or joint_features (the input is {self.single_view_input})")
             if not Path(self.keypoint_head_weights).is_file():
                 raise HamucoError(f"{self.task_family}: keypoint head weights {self.keypoint_head_weights} not found "
                                   "(a 2D pretraining's checkpoint-final.pt, beside its backbone.pt)")

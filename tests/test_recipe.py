@@ -214,3 +214,59 @@ def test_keypoint_input_trains_its_2d_term_and_reloads(tiny_dataset, tmp_path):
     with pytest.raises(HamucoError, match="missing.pt not found"):
         TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), single_view_input="keypoints",
                    keypoint_head_weights=str(tmp_path / "missing.pt")).check_parameters()
+
+
+def test_joint_features_input_reads_the_backbone_at_the_heads_joints_trains_and_reloads(tiny_dataset, tmp_path):
+    import luigi
+
+    from model.graph_features import joint_feature_sampler
+    from model.inference import initial_network_of, load_model
+    from model.pretrain import KeypointNet
+    from model.single_view import JOINT_FEATURE_DIM
+    from tasks.train import TrainModel
+
+    torch.manual_seed(0)
+    net = HaMuCo("resnet18", image_size=64, single_view_input="joint_features").eval()
+    sv = net.single_view
+    # GAP(H4), the 21 joints' uv and 21 × 32 numbers from H1..H3 (64 + 128 + 256 channels) at those joints
+    assert sv.pose_head[0].in_features == 512 + 2 * 21 + 21 * JOINT_FEATURE_DIM
+    assert sv.joint_features[0].in_features == 64 + 128 + 256
+    torch.nn.init.normal_(sv.pose_head.last.weight, std=0.1)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = sv.backbone(images)
+        gap = feats[-1].mean(dim=(2, 3))
+        out = sv.decode(gap, feats)
+        # the same input built by hand: what the heads read is the sampler's output at the head's joints
+        kp = sv.keypoint_head.keypoints(feats)
+        x = torch.cat([gap, kp.flatten(1), sv.joint_features(joint_feature_sampler(feats[:3], kp)).flatten(1)], 1)
+        torch.testing.assert_close(out.pose6d, sv.articulation(sv.pose_head(x)))
+        # H1, which the sampler reads, moves the pose
+        moved = sv.decode(gap, (feats[0] + 1.0,) + tuple(feats[1:])).pose6d
+    assert not torch.allclose(moved, out.pose6d)
+    # the joint-feature MLP learns from the single view's losses
+    batch = {"images": torch.randn(1, 3, 3, 64, 64), "keypoints": torch.rand(1, 3, 21, 2) * 64,
+             "confidence": torch.ones(1, 3, 21), "view_mask": torch.tensor([[True, True, False]]),
+             "extrinsics": torch.zeros(1, 3, 3, 4), "extrinsics_known": torch.zeros(1, 3, dtype=torch.bool)}
+    net.train()
+    terms = HaMuCoObjective()(net, batch, step=0)
+    assert "joint_2d/keypoints" in terms
+    terms["total"].backward()
+    assert sv.joint_features[0].weight.grad.abs().sum() > 0
+    # through the task: a 2D pretraining's head starts it, the checkpoint rebuilds the same network
+    pre = KeypointNet("resnet18")
+    torch.save({"model": pre.state_dict()}, tmp_path / "pre.pt")
+    task = TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), backbone="resnet18", steps=1, batch_size=1,
+                      single_view_input="joint_features", keypoint_head_weights=str(tmp_path / "pre.pt"),
+                      validate_every=0)
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    model, info = load_model(task.output().path)
+    assert info["architecture"]["single_view_input"] == "joint_features"
+    assert model.single_view.joint_features is not None
+    assert initial_network_of(info).single_view.joint_features is not None
+    keypoint_run = TrainModel(dataset=str(tiny_dataset), out=str(tmp_path), backbone="resnet18", steps=1, batch_size=1,
+                              single_view_input="keypoints", keypoint_head_weights=str(tmp_path / "pre.pt"),
+                              validate_every=0)
+    assert keypoint_run.run_dir != task.run_dir
+    with pytest.raises(ValueError, match="must be one of gap, keypoints, joint_features"):
+        HaMuCo("resnet18", image_size=64, single_view_input="heatmaps")
