@@ -22,9 +22,16 @@ paired difference of each signal on the candidate captures, over the same batche
 with a 95% bootstrap interval over those batches. That interval covers which frames were drawn, not
 which training seed: the seed's share needs several seeds of one recipe.
 
+With ``--reference NAME,NAME,...`` (several seeds of one recipe among the runs) it also applies
+selection rule 2 (README, fixed 2026-12-06 15:58 before the runs it judges): S = the mean over the two
+candidate captures of the single-view ground-truth PA-MPJPE, F the same for fusion; every other run is
+kept when its S is below the reference seeds' mean S minus their spread (largest minus smallest) and
+its F is not above the largest reference F.
+
 Usage (captures and labels are made once and cached under --out, about 2 minutes on 2 cores):
   python bench/validation_check.py --run ah=learnability_output/runs/train-resnet18-5428d1818b \\
-      --run ak=learnability_output/runs/train-resnet18-ba787b9b7d [--json results/validation_check.json]
+      --run ak=learnability_output/runs/train-resnet18-ba787b9b7d [--json results/validation_check.json] \\
+      [--reference ah,ah-s1,ah-s2]
 Prints a table, then one JSON object on the last line.
 """
 from __future__ import annotations
@@ -55,6 +62,34 @@ def paired_interval(diff: np.ndarray, resamples: int = 10_000, seed: int = 0) ->
     return [round(float(np.percentile(means, 2.5)), 3), round(float(np.percentile(means, 97.5)), 3)]
 
 
+def rule2_values(row: dict) -> dict[str, float]:
+    """A run's S and F: the mean over the candidate captures of its single-view and fusion PA-MPJPE."""
+    return {"S": float(np.mean([row[k]["pa_mpjpe_mm/single"] for k in CANDIDATES])),
+            "F": float(np.mean([row[k]["pa_mpjpe_mm/fusion"] for k in CANDIDATES]))}
+
+
+def rule2_verdicts(values: dict[str, dict[str, float]], reference: list[str]) -> dict:
+    """Selection rule 2: ``values`` maps run names to their S and F (:func:`rule2_values`); the
+    ``reference`` runs (seeds of one recipe, at least two) set the threshold; every other run gets a verdict."""
+    if len(reference) < 2:
+        raise SystemExit(f"validation_check: --reference needs at least two seeds of one recipe, got {reference}")
+    unknown = [r for r in reference if r not in values]
+    if unknown:
+        raise SystemExit(f"validation_check: --reference names runs not given with --run: {', '.join(unknown)}")
+    s_ref = [values[r]["S"] for r in reference]
+    mean, spread = float(np.mean(s_ref)), float(max(s_ref) - min(s_ref))
+    f_max = max(values[r]["F"] for r in reference)
+    out = {"reference": list(reference), "reference_S": [round(v, 4) for v in s_ref], "reference_S_mean": round(mean, 4),
+           "reference_S_spread": round(spread, 4), "threshold_S": round(mean - spread, 4),
+           "reference_F_max": round(f_max, 4), "verdicts": {}}
+    for name, v in values.items():
+        if name in reference:
+            continue
+        out["verdicts"][name] = {"S": round(v["S"], 4), "F": round(v["F"], 4),
+                                 "kept": bool(v["S"] < mean - spread and v["F"] <= f_max)}
+    return out
+
+
 def parse_runs(items: list[str]) -> dict[str, Path]:
     runs = {}
     for item in items:
@@ -74,8 +109,13 @@ def main() -> None:
     ap.add_argument("--run", action="append", required=True, metavar="NAME=RUN_DIR",
                     help="a training run directory (its checkpoint-last.pt); the first is the reference")
     ap.add_argument("--json", default=None, help="also write the JSON object to this file")
+    ap.add_argument("--reference", default=None, metavar="NAME,NAME,...",
+                    help="seeds of one recipe among the runs: apply selection rule 2 to every other run")
     args = ap.parse_args()
     runs = parse_runs(args.run)
+    reference = [r.strip() for r in args.reference.split(",") if r.strip()] if args.reference else None
+    if reference:  # refused before any work
+        rule2_verdicts({name: {"S": 0.0, "F": 0.0} for name in runs}, reference)
 
     from model.inference import load_model
     from model.precision import resolve_precision
@@ -136,6 +176,14 @@ def main() -> None:
     for name, d in result["paired_vs_reference"].items():
         print(f"{name} − {ref} (candidate captures, paired over batches): "
               + "; ".join(f"{s} {v['mean']:+.3f} {v['ci95']}" for s, v in d.items()))
+    if reference:
+        result["rule2"] = rule2_verdicts({n: rule2_values(r) for n, r in result["runs"].items()}, reference)
+        r2 = result["rule2"]
+        print(f"rule 2: reference {', '.join(reference)} S {r2['reference_S']} mean {r2['reference_S_mean']:.3f} "
+              f"spread {r2['reference_S_spread']:.3f}: threshold S < {r2['threshold_S']:.3f}, F <= "
+              f"{r2['reference_F_max']:.3f}")
+        for name, v in r2["verdicts"].items():
+            print(f"rule 2: {name} S {v['S']:.3f} F {v['F']:.3f}: {'kept' if v['kept'] else 'not kept'}")
     text = json.dumps(result)
     if args.json:
         from model.atomic import atomic_write_text

@@ -266,3 +266,23 @@ def test_validation_check_pairs_runs_over_batches_and_names_a_missing_checkpoint
         ring, dome = learnability.training_seeds(n)
         assert not seeds & (set(ring) | set(dome))
     assert not seeds & ({learnability.VAL_SEED, learnability.FIT_SEED} | {t["seed"] for t in learnability.TESTS.values()})
+
+
+def test_validation_check_rule2_keeps_a_run_below_the_reference_seeds_by_more_than_their_spread():
+    import validation_check as vc
+
+    def row(single, fusion):
+        return {k: {"pa_mpjpe_mm/single": single + d, "pa_mpjpe_mm/fusion": fusion + d}
+                for k, d in zip(vc.CANDIDATES, (-1.0, 1.0))}  # the two captures differ; S and F are their means
+
+    assert vc.rule2_values(row(9.0, 7.0)) == {"S": 9.0, "F": 7.0}
+    values = {"ah": {"S": 9.0, "F": 7.0}, "ah-s1": {"S": 9.5, "F": 7.4}, "ah-s2": {"S": 10.0, "F": 7.2},
+              "better": {"S": 8.4, "F": 7.3}, "within": {"S": 8.6, "F": 6.0}, "worse-fusion": {"S": 8.0, "F": 7.5}}
+    r = vc.rule2_verdicts(values, ["ah", "ah-s1", "ah-s2"])
+    assert r["reference_S_mean"] == 9.5 and r["reference_S_spread"] == 1.0 and r["threshold_S"] == 8.5
+    assert {n: v["kept"] for n, v in r["verdicts"].items()} == {"better": True, "within": False,
+                                                                 "worse-fusion": False}
+    with pytest.raises(SystemExit, match="at least two seeds"):
+        vc.rule2_verdicts(values, ["ah"])
+    with pytest.raises(SystemExit, match="not given with --run: ah-s9"):
+        vc.rule2_verdicts(values, ["ah", "ah-s9"])
