@@ -330,7 +330,10 @@ def _demo(args: argparse.Namespace) -> int:
     check_output_dir(args.out)
     from tasks.base import option_values
 
-    task = Demo(out=args.out, precision=args.precision, train_options=option_values(args.train_option, "--train-option"))
+    steps = {k: v for k, v in (("train_steps", args.train_steps), ("pretrain_steps", args.pretrain_steps))
+             if v is not None}
+    task = Demo(out=args.out, precision=args.precision, train_options=option_values(args.train_option, "--train-option"),
+                **steps)
     if not _run_luigi(args, [task], args.workers, args.scheduler_host, args.scheduler_port):
         return EXIT_INVALID
     capture_dir = Path(args.out) / "capture"
@@ -725,6 +728,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-option", action="append", default=[], metavar="OPTION=VALUE",
                    help="a further training option (a TrainModel parameter, e.g. articulation=pca, "
                    "pca_components=20, initial_orientation=upright); repeatable")
+    p.add_argument("--train-steps", type=_int_at_least(1), default=None, help="training steps (default 300)")
+    p.add_argument("--pretrain-steps", type=_int_at_least(0), default=None,
+                   help="first pretrain the backbone this many steps on the demo's 2D pseudo labels and train from "
+                   "it (with --train-option single_view_input=keypoints also its keypoint head; default 0: none)")
     _scheduler_options(p)
     p.set_defaults(func=_demo)
     return parser

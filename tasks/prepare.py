@@ -443,13 +443,24 @@ class Demo(HamucoTask):
                                       "natively, else fp32)")
     train_options = luigi.DictParameter(default={}, description="further TrainModel options (e.g. "
                                         "{\"articulation\": \"pca\"}); empty: TrainModel's defaults")
+    pretrain_steps = luigi.IntParameter(default=0, description="first pretrain the backbone this many steps on "
+                                        "the demo's 2D pseudo labels (PretrainBackbone) and start training from it "
+                                        "(and the keypoint head, with single_view_input keypoints or "
+                                        "joint_features); 0: no pretraining")
     # TrainModel parameters the demo sets itself (its own parameters or fixed): not in train_options
     SETS_ITSELF = ("dataset", "out", "backbone", "steps", "batch_size", "lr", "checkpoint_every", "use_extrinsics",
                    "precision")
     checks = {"frames_per_shard": at_least(1), "train_steps": at_least(1), "batch_size": at_least(1),
+              "pretrain_steps": at_least(0),
               "crop_size": in_range(32, 2048), "lr": positive_finite(),
               "train_options": (lambda v: set(v) <= _train_option_names() - set(Demo.SETS_ITSELF),
                                 "TrainModel options other than " + ", ".join(SETS_ITSELF))}
+
+    def check_parameters(self) -> None:
+        super().check_parameters()
+        if self.pretrain_steps and {"backbone_weights", "keypoint_head_weights"} & set(self.train_options):
+            raise HamucoError(f"{self.task_family}: --pretrain-steps sets the backbone (and keypoint head) weights "
+                              "itself; leave backbone_weights and keypoint_head_weights out of the train options")
 
     def requires(self):
         return SyntheticCapture(dest=os.path.join(self.out, "capture"))
@@ -463,10 +474,23 @@ class Demo(HamucoTask):
         dataset = yield PrepareDataset(captures=[os.path.join(self.out, "capture")],
                                        out=os.path.join(self.out, "prepared"), frames_per_shard=self.frames_per_shard,
                                        crop_size=self.crop_size)
+        options = dict(self.train_options)
+        if self.pretrain_steps:
+            from .train import PretrainBackbone
+
+            weights = yield PretrainBackbone(dataset=dataset.path, out=os.path.join(self.out, "pretrain"),
+                                             backbone=self.backbone, steps=self.pretrain_steps,
+                                             batch_size=2 * self.batch_size, lr=self.lr,
+                                             checkpoint_every=self.pretrain_steps, seed=options.get("seed", 0),
+                                             confidence=options.get("confidence", "refined"),
+                                             precision=self.precision)
+            options["backbone_weights"] = weights.path
+            if options.get("single_view_input") in ("keypoints", "joint_features"):
+                options["keypoint_head_weights"] = str(Path(weights.path).parent / "checkpoint-final.pt")
         checkpoint = yield TrainModel(dataset=dataset.path, out=os.path.join(self.out, "training"),
                                       backbone=self.backbone, steps=self.train_steps, batch_size=self.batch_size,
                                       lr=self.lr, checkpoint_every=self.train_steps, use_extrinsics=True,
-                                      precision=self.precision, **dict(self.train_options))
+                                      precision=self.precision, **options)
         from .evaluate import EvaluateModel
 
         evaluation = yield EvaluateModel(checkpoint=checkpoint.path, dataset=dataset.path,
