@@ -79,6 +79,39 @@ def test_demo_takes_training_options_but_refuses_unknown_ones_or_those_it_sets_i
             Demo(out="unused", train_options=bad)
 
 
+def test_demo_with_pretrain_steps_trains_from_its_own_2d_pretraining(tiny_dataset, tmp_path):
+    import luigi
+
+    from model.errors import HamucoError
+    from tasks.prepare import Demo, PrepareDataset
+    from tasks.train import PretrainBackbone, TrainModel
+
+    with pytest.raises(HamucoError, match="--pretrain-steps sets the backbone"):
+        Demo(out=str(tmp_path), pretrain_steps=2, train_options={"backbone_weights": "x.pt"})
+    demo = Demo(out=str(tmp_path), pretrain_steps=2, train_steps=3, batch_size=1, precision="fp32",
+                train_options={"single_view_input": "keypoints", "confidence": "raw"})
+    steps = demo.run()  # the task's own dynamic dependencies, in order
+    assert isinstance(first := next(steps), PrepareDataset)
+    pre = steps.send(luigi.LocalTarget(str(tiny_dataset)))  # the dataset, as if PrepareDataset had made it
+    assert isinstance(pre, PretrainBackbone)
+    assert (pre.dataset, pre.steps, pre.batch_size, pre.confidence, pre.precision) == (
+        str(tiny_dataset), 2, 2, "raw", "fp32")
+    assert first.out == str(tmp_path / "prepared") and pre.out == str(tmp_path / "pretrain")
+    assert luigi.build([pre], local_scheduler=True, log_level="WARNING")
+    train = steps.send(pre.output())
+    assert isinstance(train, TrainModel)
+    assert train.backbone_weights == pre.output().path
+    assert train.keypoint_head_weights == str(tmp_path / "pretrain" / pre.run_dir.name / "checkpoint-final.pt")
+    assert train.steps == 3 and train.single_view_input == "keypoints"
+    # without the keypoint input only the backbone is handed on
+    plain = Demo(out=str(tmp_path), pretrain_steps=2, train_steps=3, batch_size=1, precision="fp32",
+                 train_options={"confidence": "raw"}).run()
+    next(plain)
+    plain.send(luigi.LocalTarget(str(tiny_dataset)))
+    t = plain.send(pre.output())
+    assert t.backbone_weights == pre.output().path and t.keypoint_head_weights == "none"
+
+
 def test_hamuco_demo_passes_train_options_and_refuses_bad_ones_before_any_work(tmp_path, capsys):
     from tasks.base import option_values
     from tasks.cli import EXIT_USAGE, main
