@@ -23,7 +23,7 @@ with a 95% bootstrap interval over those batches. That interval covers which fra
 which training seed: the seed's share needs several seeds of one recipe.
 
 With ``--reference NAME,NAME,...`` (several seeds of one recipe among the runs) it also applies
-selection rule 2 (README, fixed 2026-12-06 15:58 before the runs it judges): S = the mean over the two
+selection rule 2 (README, fixed 2026-12-06 15:34 before the runs it judges): S = the mean over the two
 candidate captures of the single-view ground-truth PA-MPJPE, F the same for fusion; every other run is
 kept when its S is below the reference seeds' mean S minus their spread (largest minus smallest) and
 its F is not above the largest reference F.
