@@ -135,7 +135,9 @@ class Ladder:
                       **({"val_dataset": val.output().path, "val_split": "train"} if val is not None else {}))
         if weights:
             params["backbone_weights"] = weights
-            if self.options.get("single_view_input") in ("keypoints", "joint_features"):  # the same pretraining starts the keypoint head
+            from model.single_view import KEYPOINT_INPUTS
+
+            if self.options.get("single_view_input") in KEYPOINT_INPUTS:  # the same pretraining starts the keypoint head
                 params["keypoint_head_weights"] = str(Path(weights).parent / "checkpoint-final.pt")
         params.update(self.options)
         return params

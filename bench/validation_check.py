@@ -68,14 +68,19 @@ def rule2_values(row: dict) -> dict[str, float]:
             "F": float(np.mean([row[k]["pa_mpjpe_mm/fusion"] for k in CANDIDATES]))}
 
 
+def check_reference(reference: list[str], runs) -> None:
+    """Refuse a ``--reference`` of fewer than two runs or naming runs not given with ``--run``."""
+    if len(reference) < 2:
+        raise SystemExit(f"validation_check: --reference needs at least two seeds of one recipe, got {reference}")
+    unknown = [r for r in reference if r not in runs]
+    if unknown:
+        raise SystemExit(f"validation_check: --reference names runs not given with --run: {', '.join(unknown)}")
+
+
 def rule2_verdicts(values: dict[str, dict[str, float]], reference: list[str]) -> dict:
     """Selection rule 2: ``values`` maps run names to their S and F (:func:`rule2_values`); the
     ``reference`` runs (seeds of one recipe, at least two) set the threshold; every other run gets a verdict."""
-    if len(reference) < 2:
-        raise SystemExit(f"validation_check: --reference needs at least two seeds of one recipe, got {reference}")
-    unknown = [r for r in reference if r not in values]
-    if unknown:
-        raise SystemExit(f"validation_check: --reference names runs not given with --run: {', '.join(unknown)}")
+    check_reference(reference, values)
     s_ref = [values[r]["S"] for r in reference]
     mean, spread = float(np.mean(s_ref)), float(max(s_ref) - min(s_ref))
     f_max = max(values[r]["F"] for r in reference)
@@ -115,7 +120,7 @@ def main() -> None:
     runs = parse_runs(args.run)
     reference = [r.strip() for r in args.reference.split(",") if r.strip()] if args.reference else None
     if reference:  # refused before any work
-        rule2_verdicts({name: {"S": 0.0, "F": 0.0} for name in runs}, reference)
+        check_reference(reference, runs)
 
     from model.inference import load_model
     from model.precision import resolve_precision

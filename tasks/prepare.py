@@ -476,6 +476,8 @@ class Demo(HamucoTask):
                                        crop_size=self.crop_size)
         options = dict(self.train_options)
         if self.pretrain_steps:
+            from model.single_view import KEYPOINT_INPUTS
+
             from .train import PretrainBackbone
 
             weights = yield PretrainBackbone(dataset=dataset.path, out=os.path.join(self.out, "pretrain"),
@@ -485,7 +487,7 @@ class Demo(HamucoTask):
                                              confidence=options.get("confidence", "refined"),
                                              precision=self.precision)
             options["backbone_weights"] = weights.path
-            if options.get("single_view_input") in ("keypoints", "joint_features"):
+            if options.get("single_view_input") in KEYPOINT_INPUTS:
                 options["keypoint_head_weights"] = str(Path(weights.path).parent / "checkpoint-final.pt")
         checkpoint = yield TrainModel(dataset=dataset.path, out=os.path.join(self.out, "training"),
                                       backbone=self.backbone, steps=self.train_steps, batch_size=self.batch_size,
