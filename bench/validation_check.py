@@ -26,12 +26,14 @@ With ``--reference NAME,NAME,...`` (several seeds of one recipe among the runs) 
 selection rule 2 (README, fixed 2026-12-06 15:34 before the runs it judges): S = the mean over the two
 candidate captures of the single-view ground-truth PA-MPJPE, F the same for fusion; every other run is
 kept when its S is below the reference seeds' mean S minus their spread (largest minus smallest) and
-its F is not above the largest reference F.
+its F is not above the largest reference F. With ``--borrowed REF:CAND,...`` it also judges the
+candidates against REF, a recipe with a single seed, borrowing the spread of the ``--reference`` seeds
+(:func:`rule2_borrowed`).
 
 Usage (captures and labels are made once and cached under --out, about 2 minutes on 2 cores):
   python bench/validation_check.py --run ah=learnability_output/runs/train-resnet18-5428d1818b \\
       --run ak=learnability_output/runs/train-resnet18-ba787b9b7d [--json results/validation_check.json] \\
-      [--reference ah,ah-s1,ah-s2]
+      [--reference ah,ah-s1,ah-s2] [--borrowed ap:as]
 Prints a table, then one JSON object on the last line.
 """
 from __future__ import annotations
@@ -95,6 +97,46 @@ def rule2_verdicts(values: dict[str, dict[str, float]], reference: list[str]) ->
     return out
 
 
+def parse_borrowed(spec: str, runs, reference: list[str] | None) -> tuple[str, list[str]]:
+    """``REF:CAND[,CAND...]`` → (REF, [CAND, ...]); refused (before any work) without ``--reference``, or
+    naming runs not given with ``--run``, or a candidate that is a reference seed."""
+    ref, sep, cands = spec.partition(":")
+    candidates = [c.strip() for c in cands.split(",") if c.strip()]
+    if not sep or not ref.strip() or not candidates:
+        raise SystemExit(f"validation_check: --borrowed takes REF:CAND[,CAND...], got {spec!r}")
+    if not reference:
+        raise SystemExit("validation_check: --borrowed needs --reference (the seeds whose spread it borrows)")
+    ref = ref.strip()
+    unknown = [r for r in [ref] + candidates if r not in runs]
+    if unknown:
+        raise SystemExit(f"validation_check: --borrowed names runs not given with --run: {', '.join(unknown)}")
+    clash = [c for c in candidates if c == ref or c in reference]
+    if clash:
+        raise SystemExit(f"validation_check: --borrowed candidates must not be references: {', '.join(clash)}")
+    return ref, candidates
+
+
+def rule2_borrowed(values: dict[str, dict[str, float]], seeds: list[str], ref: str, candidates: list[str]) -> dict:
+    """Rule 2 against a recipe with one seed (README, 'ar and what follows it', fixed 2026-12-06 17:44):
+    ``ref`` has a single seed, so the seed spread is borrowed from ``seeds`` (several seeds of another
+    recipe): a candidate is kept when S < S_ref − (max − min of the seeds' S) and F ≤ F_ref + (max − mean
+    of the seeds' F)."""
+    check_reference(seeds, values)
+    s_seeds = [values[r]["S"] for r in seeds]
+    f_seeds = [values[r]["F"] for r in seeds]
+    s_spread = float(max(s_seeds) - min(s_seeds))
+    f_margin = float(max(f_seeds) - np.mean(f_seeds))
+    s_ref, f_ref = values[ref]["S"], values[ref]["F"]
+    out = {"reference": ref, "spread_from": list(seeds), "reference_S": round(s_ref, 4), "reference_F": round(f_ref, 4),
+           "S_spread": round(s_spread, 4), "F_margin": round(f_margin, 4), "threshold_S": round(s_ref - s_spread, 4),
+           "threshold_F": round(f_ref + f_margin, 4), "verdicts": {}}
+    for name in candidates:
+        v = values[name]
+        out["verdicts"][name] = {"S": round(v["S"], 4), "F": round(v["F"], 4),
+                                 "kept": bool(v["S"] < s_ref - s_spread and v["F"] <= f_ref + f_margin)}
+    return out
+
+
 def parse_runs(items: list[str]) -> dict[str, Path]:
     runs = {}
     for item in items:
@@ -116,11 +158,14 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the JSON object to this file")
     ap.add_argument("--reference", default=None, metavar="NAME,NAME,...",
                     help="seeds of one recipe among the runs: apply selection rule 2 to every other run")
+    ap.add_argument("--borrowed", default=None, metavar="REF:CAND[,CAND...]",
+                    help="also judge CAND against REF, a recipe with one seed, with the spread of --reference's seeds")
     args = ap.parse_args()
     runs = parse_runs(args.run)
     reference = [r.strip() for r in args.reference.split(",") if r.strip()] if args.reference else None
     if reference:  # refused before any work
         check_reference(reference, runs)
+    borrowed = parse_borrowed(args.borrowed, runs, reference) if args.borrowed else None
 
     from model.inference import load_model
     from model.precision import resolve_precision
@@ -189,6 +234,14 @@ def main() -> None:
               f"{r2['reference_F_max']:.3f}")
         for name, v in r2["verdicts"].items():
             print(f"rule 2: {name} S {v['S']:.3f} F {v['F']:.3f}: {'kept' if v['kept'] else 'not kept'}")
+    if borrowed:
+        values = {n: rule2_values(r) for n, r in result["runs"].items()}
+        result["rule2_borrowed"] = b = rule2_borrowed(values, reference, *borrowed)
+        print(f"rule 2 against {b['reference']} (one seed; spread of {', '.join(reference)}): threshold S < "
+              f"{b['threshold_S']:.3f}, F <= {b['threshold_F']:.3f}")
+        for name, v in b["verdicts"].items():
+            print(f"rule 2 against {b['reference']}: {name} S {v['S']:.3f} F {v['F']:.3f}: "
+                  f"{'kept' if v['kept'] else 'not kept'}")
     text = json.dumps(result)
     if args.json:
         from model.atomic import atomic_write_text

@@ -319,3 +319,26 @@ def test_validation_check_rule2_keeps_a_run_below_the_reference_seeds_by_more_th
         vc.rule2_verdicts(values, ["ah"])
     with pytest.raises(SystemExit, match="not given with --run: ah-s9"):
         vc.rule2_verdicts(values, ["ah", "ah-s9"])
+
+
+def test_validation_check_borrowed_rule_judges_against_a_one_seed_recipe_with_the_seeds_spread():
+    import validation_check as vc
+
+    values = {"ah": {"S": 9.0, "F": 7.0}, "ah-s1": {"S": 9.5, "F": 7.6}, "ah-s2": {"S": 10.0, "F": 7.3},
+              "ap": {"S": 11.0, "F": 6.0},
+              "better": {"S": 9.9, "F": 6.3}, "same": {"S": 10.2, "F": 5.0}, "worse-fusion": {"S": 9.0, "F": 6.5}}
+    # S spread 1.0 (10.0 - 9.0); F margin 7.6 - mean(7.0, 7.6, 7.3) = 0.3: S < 10.0 and F <= 6.3
+    b = vc.rule2_borrowed(values, ["ah", "ah-s1", "ah-s2"], "ap", ["better", "same", "worse-fusion"])
+    assert b["threshold_S"] == 10.0 and b["threshold_F"] == 6.3
+    assert {n: v["kept"] for n, v in b["verdicts"].items()} == {"better": True, "same": False, "worse-fusion": False}
+    runs = dict.fromkeys(values)
+    seeds = ["ah", "ah-s1", "ah-s2"]
+    assert vc.parse_borrowed("ap:better, same", runs, seeds) == ("ap", ["better", "same"])
+    with pytest.raises(SystemExit, match="needs --reference"):
+        vc.parse_borrowed("ap:better", runs, None)
+    with pytest.raises(SystemExit, match="not given with --run: as"):
+        vc.parse_borrowed("ap:as", runs, seeds)
+    with pytest.raises(SystemExit, match="must not be references: ah"):
+        vc.parse_borrowed("ap:ah", runs, seeds)
+    with pytest.raises(SystemExit, match="REF:CAND"):
+        vc.parse_borrowed("ap", runs, seeds)
