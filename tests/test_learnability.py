@@ -326,7 +326,7 @@ def test_validation_check_borrowed_rule_judges_against_a_one_seed_recipe_with_th
 
     values = {"ah": {"S": 9.0, "F": 7.0}, "ah-s1": {"S": 9.5, "F": 7.6}, "ah-s2": {"S": 10.0, "F": 7.3},
               "ap": {"S": 11.0, "F": 6.0},
-              "better": {"S": 9.9, "F": 6.3}, "same": {"S": 10.2, "F": 5.0}, "worse-fusion": {"S": 9.0, "F": 6.5}}
+              "better": {"S": 9.9, "F": 6.2}, "same": {"S": 10.2, "F": 5.0}, "worse-fusion": {"S": 9.0, "F": 6.5}}
     # S spread 1.0 (10.0 - 9.0); F margin 7.6 - mean(7.0, 7.6, 7.3) = 0.3: S < 10.0 and F <= 6.3
     b = vc.rule2_borrowed(values, ["ah", "ah-s1", "ah-s2"], "ap", ["better", "same", "worse-fusion"])
     assert b["threshold_S"] == 10.0 and b["threshold_F"] == 6.3
