@@ -48,7 +48,7 @@ from model.statistics import paired_difference, seed_frame_interval  # noqa: E40
 from pipeline.science import load_frames, per_frame  # noqa: E402
 from tasks.prepare import PrepareDataset, SyntheticCapture  # noqa: E402
 from tasks.science import BaselineFrameErrors, NetworkFrameErrors  # noqa: E402
-from tasks.train import PretrainBackbone, TrainModel  # noqa: E402
+from tasks.train import PretrainBackbone, TrainModel, keypoint_head_beside  # noqa: E402
 
 MODES = ("single", "interaction", "fusion")
 PERFECT = dict(labeler="noisy-gt", noise_sigma_px=0.0, noise_outlier_rate=0.0)
@@ -138,7 +138,7 @@ class Ladder:
             from model.single_view import KEYPOINT_INPUTS
 
             if self.options.get("single_view_input") in KEYPOINT_INPUTS:  # the same pretraining starts the keypoint head
-                params["keypoint_head_weights"] = str(Path(weights).parent / "checkpoint-final.pt")
+                params["keypoint_head_weights"] = keypoint_head_beside(weights)
         params.update(self.options)
         return params
 

@@ -226,8 +226,9 @@ def main() -> None:
     for name, d in result["paired_vs_reference"].items():
         print(f"{name} − {ref} (candidate captures, paired over batches): "
               + "; ".join(f"{s} {v['mean']:+.3f} {v['ci95']}" for s, v in d.items()))
+    values = {n: rule2_values(r) for n, r in result["runs"].items()}
     if reference:
-        result["rule2"] = rule2_verdicts({n: rule2_values(r) for n, r in result["runs"].items()}, reference)
+        result["rule2"] = rule2_verdicts(values, reference)
         r2 = result["rule2"]
         print(f"rule 2: reference {', '.join(reference)} S {r2['reference_S']} mean {r2['reference_S_mean']:.3f} "
               f"spread {r2['reference_S_spread']:.3f}: threshold S < {r2['threshold_S']:.3f}, F <= "
@@ -235,7 +236,6 @@ def main() -> None:
         for name, v in r2["verdicts"].items():
             print(f"rule 2: {name} S {v['S']:.3f} F {v['F']:.3f}: {'kept' if v['kept'] else 'not kept'}")
     if borrowed:
-        values = {n: rule2_values(r) for n, r in result["runs"].items()}
         result["rule2_borrowed"] = b = rule2_borrowed(values, reference, *borrowed)
         print(f"rule 2 against {b['reference']} (one seed; spread of {', '.join(reference)}): threshold S < "
               f"{b['threshold_S']:.3f}, F <= {b['threshold_F']:.3f}")

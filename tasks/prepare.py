@@ -478,7 +478,7 @@ class Demo(HamucoTask):
         if self.pretrain_steps:
             from model.single_view import KEYPOINT_INPUTS
 
-            from .train import PretrainBackbone
+            from .train import PretrainBackbone, keypoint_head_beside
 
             weights = yield PretrainBackbone(dataset=dataset.path, out=os.path.join(self.out, "pretrain"),
                                              backbone=self.backbone, steps=self.pretrain_steps,
@@ -488,7 +488,7 @@ class Demo(HamucoTask):
                                              precision=self.precision)
             options["backbone_weights"] = weights.path
             if options.get("single_view_input") in KEYPOINT_INPUTS:
-                options["keypoint_head_weights"] = str(Path(weights.path).parent / "checkpoint-final.pt")
+                options["keypoint_head_weights"] = keypoint_head_beside(weights.path)
         checkpoint = yield TrainModel(dataset=dataset.path, out=os.path.join(self.out, "training"),
                                       backbone=self.backbone, steps=self.train_steps, batch_size=self.batch_size,
                                       lr=self.lr, checkpoint_every=self.train_steps, use_extrinsics=True,

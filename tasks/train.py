@@ -239,6 +239,15 @@ class TrainModel(HamucoTask):
         Trainer(model, data, objective, cfg, self.run_dir, architecture, provenance, validation).train(resume=True)
 
 
+def keypoint_head_beside(backbone_weights: str) -> str:
+    """The keypoint head of the 2D pretraining whose ``backbone.pt`` is ``backbone_weights``: its run's
+    final checkpoint, the ``keypoint_head_weights`` of a TrainModel with ``single_view_input`` keypoints or
+    joint_features."""
+    from model.trainer import CHECKPOINT_FINAL
+
+    return str(Path(backbone_weights).parent / CHECKPOINT_FINAL)
+
+
 class PretrainBackbone(HamucoTask):
     """A backbone pretrained on the 2D pseudo labels of a dataset's training split (``model.pretrain``):
     no 3D and no ground truth. Its output, ``backbone.pt``, is what ``TrainModel(backbone_weights=...)``
