@@ -28,7 +28,10 @@ candidate captures of the single-view ground-truth PA-MPJPE, F the same for fusi
 kept when its S is below the reference seeds' mean S minus their spread (largest minus smallest) and
 its F is not above the largest reference F. With ``--borrowed REF:CAND,...`` it also judges the
 candidates against REF, a recipe with a single seed, borrowing the spread of the ``--reference`` seeds
-(:func:`rule2_borrowed`).
+(:func:`rule2_borrowed`). With ``--recorded NAME=JSON`` a run whose directory is gone (a replaced
+machine) takes part in the rules with the figures an earlier call wrote to JSON (its ``runs`` entry NAME);
+it has no batches, so no paired interval, and the rules being per CPU model, a recorded run measured on
+another CPU is named in the output (``recorded``, ``cpu_mismatch``).
 
 Usage (captures and labels are made once and cached under --out, about 2 minutes on 2 cores):
   python bench/validation_check.py --run ah=learnability_output/runs/train-resnet18-5428d1818b \\
@@ -150,6 +153,39 @@ def parse_runs(items: list[str]) -> dict[str, Path]:
     return runs
 
 
+def parse_recorded(items: list[str], runs) -> dict[str, dict]:
+    """``NAME=JSON`` → NAME's row of the ``runs`` of a JSON an earlier call wrote (``--json``), with where it
+    came from: the file, its date and CPU. Refused before any work: a name also given with ``--run``, a
+    missing or unreadable file, a file without that run or without its figures on the candidate captures."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"validation_check: --recorded takes NAME=JSON, got {item!r}")
+        if name in runs or name in out:
+            raise SystemExit(f"validation_check: run {name!r} is given twice (--run or --recorded)")
+        try:
+            earlier = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"validation_check: --recorded {name}: cannot read {path}: {exc}")
+        row = earlier.get("runs", {}).get(name)
+        if row is None:
+            raise SystemExit(f"validation_check: --recorded {name}: {path} has no run {name!r} "
+                             f"(it has {', '.join(earlier.get('runs', {})) or 'none'})")
+        missing = [k for k in CANDIDATES if not isinstance(row.get(k), dict)
+                   or not all(s in row[k] for s in ("pa_mpjpe_mm/single", "pa_mpjpe_mm/fusion"))]
+        if missing:
+            raise SystemExit(f"validation_check: --recorded {name}: {path} lacks its figures on {', '.join(missing)}")
+        out[name] = {"row": row, "from": str(path), "date": earlier.get("date"),
+                     "cpu": (earlier.get("hardware") or {}).get("cpu")}
+    return out
+
+
+def cpu_mismatch(names, recorded: dict[str, dict], cpu: str | None) -> list[str]:
+    """The recorded runs among ``names`` that were measured on another CPU model than this call's."""
+    return [n for n in names if n in recorded and recorded[n]["cpu"] != cpu]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="learnability_output", help="the ladder's output root (captures are cached there)")
@@ -160,12 +196,17 @@ def main() -> None:
                     help="seeds of one recipe among the runs: apply selection rule 2 to every other run")
     ap.add_argument("--borrowed", default=None, metavar="REF:CAND[,CAND...]",
                     help="also judge CAND against REF, a recipe with one seed, with the spread of --reference's seeds")
+    ap.add_argument("--recorded", action="append", default=[], metavar="NAME=JSON",
+                    help="a run whose directory is gone: its figures from the runs entry NAME of a JSON an earlier "
+                         "call wrote (--json); it takes part in --reference and --borrowed, not in paired intervals")
     args = ap.parse_args()
     runs = parse_runs(args.run)
+    recorded = parse_recorded(args.recorded, runs)
+    runs_and_recorded = {**runs, **recorded}
     reference = [r.strip() for r in args.reference.split(",") if r.strip()] if args.reference else None
     if reference:  # refused before any work
-        check_reference(reference, runs)
-    borrowed = parse_borrowed(args.borrowed, runs, reference) if args.borrowed else None
+        check_reference(reference, runs_and_recorded)
+    borrowed = parse_borrowed(args.borrowed, runs_and_recorded, reference) if args.borrowed else None
 
     from model.inference import load_model
     from model.precision import resolve_precision
@@ -188,8 +229,8 @@ def main() -> None:
     per_batch: dict[str, dict[str, np.ndarray]] = {}
     for name, ckpt in runs.items():
         model, info = load_model(ckpt)
-        recorded = info.get("precision") if isinstance(info.get("precision"), dict) else {}
-        precision = resolve_precision(recorded.get("precision", "fp32"), "cpu", warn=False)  # as the run trained
+        trained = info.get("precision") if isinstance(info.get("precision"), dict) else {}
+        precision = resolve_precision(trained.get("precision", "fp32"), "cpu", warn=False)  # as the run trained
         row: dict = {"checkpoint": str(ckpt), "step": info["step"], "precision": precision.precision}
         batches_rows: dict[str, list] = {s: [] for s in SIGNALS}
         for k, vp in passes.items():
@@ -227,8 +268,18 @@ def main() -> None:
         print(f"{name} − {ref} (candidate captures, paired over batches): "
               + "; ".join(f"{s} {v['mean']:+.3f} {v['ci95']}" for s, v in d.items()))
     values = {n: rule2_values(r) for n, r in result["runs"].items()}
+    cpu = result["hardware"].get("cpu")
+    if recorded:
+        result["recorded"] = {n: {k: v for k, v in r.items() if k != "row"} | {"same_cpu": r["cpu"] == cpu}
+                              for n, r in recorded.items()}
+        result["recorded_runs"] = {n: r["row"] for n, r in recorded.items()}
+        values.update({n: rule2_values(r["row"]) for n, r in recorded.items()})
+        for n, r in recorded.items():
+            print(f"recorded {n} (from {r['from']}, {r['date']}, {r['cpu']}): S {values[n]['S']:.3f} F {values[n]['F']:.3f}"
+                  + ("" if r["cpu"] == cpu else f"  (another CPU model than this call's {cpu}: the rules are per CPU)"))
     if reference:
         result["rule2"] = rule2_verdicts(values, reference)
+        result["rule2"]["cpu_mismatch"] = cpu_mismatch(reference, recorded, cpu)
         r2 = result["rule2"]
         print(f"rule 2: reference {', '.join(reference)} S {r2['reference_S']} mean {r2['reference_S_mean']:.3f} "
               f"spread {r2['reference_S_spread']:.3f}: threshold S < {r2['threshold_S']:.3f}, F <= "
@@ -237,6 +288,7 @@ def main() -> None:
             print(f"rule 2: {name} S {v['S']:.3f} F {v['F']:.3f}: {'kept' if v['kept'] else 'not kept'}")
     if borrowed:
         result["rule2_borrowed"] = b = rule2_borrowed(values, reference, *borrowed)
+        b["cpu_mismatch"] = cpu_mismatch([borrowed[0], *reference], recorded, cpu)
         print(f"rule 2 against {b['reference']} (one seed; spread of {', '.join(reference)}): threshold S < "
               f"{b['threshold_S']:.3f}, F <= {b['threshold_F']:.3f}")
         for name, v in b["verdicts"].items():

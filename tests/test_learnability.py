@@ -342,3 +342,42 @@ def test_validation_check_borrowed_rule_judges_against_a_one_seed_recipe_with_th
         vc.parse_borrowed("ap:ah", runs, seeds)
     with pytest.raises(SystemExit, match="REF:CAND"):
         vc.parse_borrowed("ap", runs, seeds)
+
+
+def test_validation_check_takes_a_gone_runs_recorded_figures_and_names_another_cpu(tmp_path):
+    import validation_check as vc
+
+    def row(single, fusion):
+        return {k: {"pa_mpjpe_mm/single": single + d, "pa_mpjpe_mm/fusion": fusion + d}
+                for k, d in zip(vc.CANDIDATES, (-1.0, 1.0))}
+
+    earlier = {"date": "2026-12-07 01:18", "hardware": {"cpu": "Intel(R) Xeon(R) Processor"},
+               "runs": {"ah": row(9.0, 7.0), "ah-s1": row(9.5, 7.6), "ah-s2": row(10.0, 7.3), "au": row(11.0, 6.0),
+                        "broken": {next(iter(vc.CANDIDATES)): {"pa_mpjpe_mm/single": 1.0}}}}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    runs = {"av": tmp_path / "checkpoint-last.pt"}  # the candidate, scored in this call
+    rec = vc.parse_recorded([f"{n}={path}" for n in ("ah", "ah-s1", "ah-s2", "au")], runs)
+    assert list(rec) == ["ah", "ah-s1", "ah-s2", "au"] and rec["au"]["cpu"] == "Intel(R) Xeon(R) Processor"
+    assert rec["au"]["date"] == "2026-12-07 01:18" and rec["au"]["from"] == str(path)
+    values = {n: vc.rule2_values(r["row"]) for n, r in rec.items()} | {"av": {"S": 9.9, "F": 6.2}}
+    # the recorded figures give the same verdict as the run directories would: S < 11.0 - 1.0, F <= 6.0 + 0.3
+    b = vc.rule2_borrowed(values, ["ah", "ah-s1", "ah-s2"], "au", ["av"])
+    assert b["threshold_S"] == 10.0 and b["threshold_F"] == 6.3 and b["verdicts"]["av"]["kept"]
+    assert vc.parse_borrowed("au:av", {**runs, **rec}, ["ah", "ah-s1", "ah-s2"]) == ("au", ["av"])
+    # the rules are per CPU model: recorded runs from another CPU are named, the same CPU's are not
+    assert vc.cpu_mismatch(["au", "ah"], rec, "AMD EPYC") == ["au", "ah"]
+    assert vc.cpu_mismatch(["au", "ah"], rec, "Intel(R) Xeon(R) Processor") == []
+    assert vc.cpu_mismatch(["av"], rec, "AMD EPYC") == []  # scored here, not recorded
+    with pytest.raises(SystemExit, match="has no run 'aw'.*ah, ah-s1"):
+        vc.parse_recorded([f"aw={path}"], runs)
+    with pytest.raises(SystemExit, match="broken: .* lacks its figures on"):
+        vc.parse_recorded([f"broken={path}"], runs)
+    with pytest.raises(SystemExit, match="'av' is given twice"):
+        vc.parse_recorded([f"av={path}"], runs)
+    with pytest.raises(SystemExit, match="'ah' is given twice"):
+        vc.parse_recorded([f"ah={path}", f"ah={path}"], runs)
+    with pytest.raises(SystemExit, match="cannot read .*missing.json"):
+        vc.parse_recorded([f"ah={tmp_path / 'missing.json'}"], runs)
+    with pytest.raises(SystemExit, match="NAME=JSON"):
+        vc.parse_recorded([str(path)], runs)
