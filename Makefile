@@ -41,7 +41,8 @@ science: venv
 	$(BIN)/python bench/science.py --out science_output --results results $(SCIENCE_ARGS)
 
 # The learnability ladder (bench/learnability.py): rung 1 fit, rung 2 unseen captures with perfect labels,
-# rung 3 MediaPipe labels with 3 seeds; results/learnability.json. LEARN_ARGS='--rungs 1' runs one rung.
+# rung 3 MediaPipe labels with 3 seeds; results/learnability.json. Each rung runs the recipe of its chosen run
+# (LEARN_ARGS='--recipe official' for the official one); LEARN_ARGS='--rungs 1' runs one rung.
 learnability: venv
 	$(BIN)/python bench/learnability.py --out learnability_output --results results $(LEARN_ARGS)
 

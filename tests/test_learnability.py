@@ -11,19 +11,61 @@ sys.path.insert(0, str(REPO / "bench"))
 import learnability  # noqa: E402
 
 
-def test_quick_rung1_reports_every_figure(tmp_path, capsys):
+def test_quick_rung1_runs_the_chosen_recipe_by_default_and_reports_every_figure(tmp_path, capsys):
+    # the default recipe, with one of its options overridden from the command line
     assert learnability.main(["--quick", "--rungs", "1", "--out", str(tmp_path / "out"),
-                              "--train", "initial_orientation=upright"]) == 0
+                              "--train", "cross_view_warmup=2"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     r1 = line["rung1"]
     for key in ("single", "interaction", "fusion", "untrained_single", "constant", "nmpjpe_fusion",
                 "orientation_deg_median_single"):
         assert isinstance(r1[key], float) and r1[key] >= 0, key
-    assert r1["options"] == {"initial_orientation": "upright"} and r1["pass"] in (True, False)
+    chosen = learnability.RECIPES["chosen"][1]
+    assert r1["options"] == dict(chosen["train"], cross_view_warmup=2) and r1["pass"] in (True, False)
+    assert r1["options"]["distillation_weight"] == 10 and r1["options"]["initial_orientation"] == "upright"
+    # the recipe's 2D pretraining ran (shortened for the smoke run) and training started from it
+    assert r1["pretrain_steps"] == learnability.QUICK_PRETRAIN_STEPS
+    assert len(list((tmp_path / "out" / "pretrain").glob("pretrain-*/backbone.pt"))) == 1
     assert r1["cpu_kind"]
     # the untrained reference starts from the same initial orientation as the trained run
     tables = list((tmp_path / "out" / "tables").glob("network-train-*.npz"))
     assert len(tables) == 2
+
+
+def test_each_rung_takes_its_recipe_then_the_smoke_sizes_then_the_command_line():
+    none = dict.fromkeys(learnability.CONFIG_FLAGS)
+    cfg, options = learnability.rung_recipe(2, "chosen", none, {})
+    chosen = learnability.RECIPES["chosen"][2]
+    assert options == chosen["train"] and options is not chosen["train"]
+    assert (cfg["captures"], cfg["pretrain_steps"], cfg["steps"], cfg["pose_prior"]) == (128, 18000, 6000, "wide")
+    assert cfg["seeds"] == learnability.DEFAULT["seeds"] and cfg["frames"] == learnability.DEFAULT["frames"]
+    # the official recipe: the defaults and no training options
+    assert learnability.rung_recipe(2, "official", none, {}) == (learnability.DEFAULT, {})
+    # flags and --train options override the recipe one by one; the rest of the recipe stays
+    cfg, options = learnability.rung_recipe(2, "chosen", dict(none, steps=750), {"lr": 2e-3, "batch_size": 4})
+    assert cfg["steps"] == 750 and cfg["pretrain_steps"] == 18000
+    assert options == dict(chosen["train"], lr=2e-3, batch_size=4)
+    # a smoke run keeps every stage of the recipe at the smoke sizes
+    cfg, options = learnability.rung_recipe(2, "chosen", none, {}, quick=True)
+    assert cfg["pretrain_steps"] == learnability.QUICK_PRETRAIN_STEPS and cfg["steps"] == learnability.QUICK["steps"]
+    assert cfg["pose_prior"] == "wide" and "batch_size" not in options
+    assert options["single_view_input"] == "joint_features"
+    assert learnability.rung_recipe(1, "official", none, {}, quick=True)[0]["pretrain_steps"] == 0
+    with pytest.raises(SystemExit, match="rungs are 1, 2, 3"):
+        learnability.main(["--quick", "--rungs", "", "--out", "never"])
+
+
+def test_the_chosen_recipes_are_those_of_the_runs_the_committed_results_hold():
+    """`make learnability` reproduces the ladder: each rung's default recipe is what its results key was
+    measured with (a change to a rung's chosen run changes RECIPES with it)."""
+    data = json.loads((Path(__file__).resolve().parent.parent / "results" / "learnability.json").read_text())
+    none = dict.fromkeys(learnability.CONFIG_FLAGS)
+    for rung in (1, 2, 3):
+        held = data[f"rung{rung}"]
+        cfg, options = learnability.rung_recipe(rung, "chosen", none, {})
+        assert options == held["options"], rung
+        assert cfg["pretrain_steps"] == held["pretrain_steps"] and cfg["steps"] == held["steps"], rung
+        assert {k: cfg[k] for k in held["data"]} == held["data"], rung
 
 
 def test_results_merge_keeps_other_rungs_and_the_history(tmp_path):
@@ -195,7 +237,7 @@ def test_quick_rung2_with_two_seeds_reports_their_spread(tmp_path, capsys):
     rule = {"signal": "label_2d_px/single", "chosen": "some run", "chosen_value": first + 1.0, "margin": 0.5}
     (results / "learnability.json").write_text(json.dumps({"selection_rule": rule}))
     assert learnability.main(["--quick", "--rungs", "2", "--rung2-seeds", "2", "--pretrain-steps", "2",
-                              "--out", str(tmp_path / "out"), "--results", str(results)]) == 0
+                              "--recipe", "official", "--out", str(tmp_path / "out"), "--results", str(results)]) == 0
     head = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rung2"]
     assert head["verdict"]["kept"] is True and head["verdict"]["value"] == pytest.approx(first)
     assert head["verdict"]["threshold"] == pytest.approx(first + 0.5)
