@@ -635,15 +635,21 @@ def main(argv=None) -> int:
             heads["rung2"]["validation_spread"] = spread
             log(f"rung 2 seed spread of {spread['signal']}: {spread['spread']:.2f} ({spread['per_seed']})")
     if not args.quick:
-        # the first rung's options and configuration as every entry has them; each rung's own beside them
-        first_cfg, first_options = plans[rungs[0] if rungs else 2]
-        entry = {"date": time.strftime("%Y-%m-%d %H:%M"), "recipe": args.recipe, "options": first_options,
-                 "config": first_cfg}
-        if len(rungs) > 1:
-            entry["per_rung"] = {f"rung{r}": {"options": plans[r][1], "config": plans[r][0]} for r in rungs}
-        merge_results(results_path, results, {**entry, **heads})
+        merge_results(results_path, results, history_entry(time.strftime("%Y-%m-%d %H:%M"), args.recipe, plans,
+                                                           rungs, heads))
     print(json.dumps(heads))
     return 0
+
+
+def history_entry(date: str, recipe: str, plans: dict, rungs: list, heads: dict) -> dict:
+    """One run's ``history`` entry: the first rung's options and configuration under ``options`` and
+    ``config`` (as every entry has them; rung 2's with --diversity), each rung's own under ``per_rung``
+    when it ran several, and the headlines."""
+    cfg, options = plans[rungs[0] if rungs else 2]
+    entry = {"date": date, "recipe": recipe, "options": options, "config": cfg}
+    if len(rungs) > 1:
+        entry["per_rung"] = {f"rung{r}": {"options": plans[r][1], "config": plans[r][0]} for r in rungs}
+    return {**entry, **heads}
 
 
 def _headline(res: dict) -> dict:

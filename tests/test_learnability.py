@@ -55,6 +55,18 @@ def test_each_rung_takes_its_recipe_then_the_smoke_sizes_then_the_command_line()
         learnability.main(["--quick", "--rungs", "", "--out", "never"])
 
 
+def test_a_history_entry_keeps_each_rungs_own_recipe_when_several_ran():
+    none = dict.fromkeys(learnability.CONFIG_FLAGS)
+    plans = {r: learnability.rung_recipe(r, "chosen", none, {}) for r in (1, 2)}
+    heads = {"rung1": {"pass": True}, "rung2": {"pass": False}}
+    entry = learnability.history_entry("d", "chosen", plans, [1, 2], heads)
+    assert entry["options"] == plans[1][1] and entry["config"] == plans[1][0] and entry["recipe"] == "chosen"
+    assert entry["per_rung"]["rung2"]["options"]["batch_size"] == 8 and entry["rung2"] == {"pass": False}
+    one = learnability.history_entry("d", "chosen", {2: plans[2]}, [2], {"rung2": {}})
+    assert "per_rung" not in one and one["options"] == plans[2][1]
+    assert learnability.history_entry("d", "chosen", {2: plans[2]}, [], {})["config"]["captures"] == 128
+
+
 def test_the_chosen_recipes_are_those_of_the_runs_the_committed_results_hold():
     """`make learnability` reproduces the ladder: each rung's default recipe is what its results key was
     measured with (a change to a rung's chosen run changes RECIPES with it)."""
