@@ -435,3 +435,32 @@ def test_validation_check_takes_a_gone_runs_recorded_figures_and_names_another_c
         vc.parse_recorded([f"ah={tmp_path / 'missing.json'}"], runs)
     with pytest.raises(SystemExit, match="NAME=JSON"):
         vc.parse_recorded([str(path)], runs)
+
+
+def test_pretrain_check_parses_variants_and_names_a_bad_one():
+    import pretrain_check as pc
+
+    assert pc.parse_variant("aug=seed=0,aug_rotation_deg=30,aug_colour=0.2") == (
+        "aug", {"seed": 0, "aug_rotation_deg": 30.0, "aug_colour": 0.2})
+    assert pc.parse_variant("p0=") == ("p0", {})
+    with pytest.raises(SystemExit, match="'crop_size=128' is not KEY=VALUE"):
+        pc.parse_variant("big=crop_size=128")
+    with pytest.raises(SystemExit, match="seed='x' is not a number"):
+        pc.parse_variant("p=seed=x")
+    with pytest.raises(SystemExit, match="NAME=KEY=VALUE"):
+        pc.parse_variant("=seed=1")
+
+
+def test_pretrain_check_keeps_a_variant_below_the_reference_seeds_by_more_than_their_spread():
+    import pretrain_check as pc
+
+    row = lambda a, b: {k: {"mean_px": v} for k, v in zip(pc.CANDIDATES, (a, b))}  # noqa: E731
+    values = {"p0": pc.signal(row(3.0, 4.0)), "p0-s1": pc.signal(row(3.2, 4.0)),  # P 3.5 and 3.6
+              "better": pc.signal(row(3.0, 3.7)), "level": pc.signal(row(3.1, 3.85))}  # 3.35, 3.475
+    out = pc.verdicts(values, ["p0", "p0-s1"])
+    assert out["reference_P_mean"] == 3.55 and out["reference_P_spread"] == 0.1 and out["threshold_P"] == 3.45
+    assert out["verdicts"]["better"] == {"P": 3.35, "kept": True}
+    assert out["verdicts"]["level"]["kept"] is False  # below the mean, but within the seeds' spread
+    assert set(out["verdicts"]) == {"better", "level"}
+    with pytest.raises(SystemExit, match="at least two"):
+        pc.verdicts(values, ["p0"])
