@@ -75,7 +75,7 @@ TESTS = {"ring-600": dict(seed=600, rig="ring", occluders=0),
 DEFAULT = dict(cameras=8, frames=24, image_size=256, crop_size=64, frames_per_shard=8, steps=1500, batch_size=2,
                lr=1e-3, backbone="resnet18", seeds=(0, 1, 2), keyframe_every=15, pose_prior="default",
                resamples=10_000, validate_every=100, pretrain_steps=0, captures=8, labels="raw", smooth=False,
-               rung2_seeds=1)
+               rung2_seeds=1, pretrain_aug_rotation_deg=0.0, pretrain_aug_colour=0.0)
 QUICK = dict(cameras=4, frames=3, image_size=128, crop_size=64, frames_per_shard=3, steps=4, batch_size=1,
              seeds=(0, 1), resamples=200, validate_every=2, captures=2)
 QUICK_PRETRAIN_STEPS = 2  # a smoke run of a recipe with 2D pretraining keeps the stage, not its length
@@ -106,7 +106,7 @@ RECIPES = {
     "official": {1: {}, 2: {}, 3: {}},
 }
 CONFIG_FLAGS = ("steps", "frames", "keyframe_every", "pose_prior", "pretrain_steps", "captures", "labels", "smooth",
-                "rung2_seeds")
+                "rung2_seeds", "pretrain_aug_rotation_deg", "pretrain_aug_colour")
 
 
 def rung_recipe(rung: int, recipe: str, flags: dict, train: dict, quick: bool = False) -> tuple[dict, dict]:
@@ -171,7 +171,9 @@ class Ladder:
                              steps=c["pretrain_steps"], batch_size=c["batch_size"] * 2, lr=1e-3, seed=seed,
                              confidence="raw", checkpoint_every=max(1, min(250, c["pretrain_steps"])),
                              labels=self.options.get("labels", "raw"),
-                             precision=self.options.get("precision", "auto"))  # as the training it feeds
+                             precision=self.options.get("precision", "auto"),  # as the training it feeds
+                             # at 0 (the default) the task's name is what it was before these options existed
+                             aug_rotation_deg=c["pretrain_aug_rotation_deg"], aug_colour=c["pretrain_aug_colour"])
         self.build([t], "2D pretraining of the backbone")
         return t.output().path
 
@@ -558,6 +560,10 @@ def main(argv=None) -> int:
     ap.add_argument("--pose-prior", choices=("default", "wide"), default=None, help="training data: pose prior")
     ap.add_argument("--pretrain-steps", type=int, default=None,
                     help="pretrain the backbone on the training data's 2D labels this many steps first (default 0)")
+    ap.add_argument("--pretrain-aug-rotation-deg", type=float, default=None, metavar="DEG",
+                    help="2D pretraining: in-plane rotation of each crop, uniform in +-DEG (default 0)")
+    ap.add_argument("--pretrain-aug-colour", type=float, default=None, metavar="S",
+                    help="2D pretraining: brightness/contrast/saturation jitter strength (default 0)")
     ap.add_argument("--train", nargs="*", default=[], metavar="OPTION=VALUE", help="TrainModel options")
     ap.add_argument("--labels", choices=("raw", "bootstrapped"), default=None,
                     help="rung 3: train on the MediaPipe labels as they are (default) or on their multi-view "
@@ -616,6 +622,8 @@ def main(argv=None) -> int:
         res["data"] = {k: cfg[k] for k in ("cameras", "frames", "image_size", "crop_size", "keyframe_every",
                                             "pose_prior", "captures", "labels", "smooth")}
         res["pretrain_steps"] = cfg["pretrain_steps"]
+        if cfg["pretrain_aug_rotation_deg"] or cfg["pretrain_aug_colour"]:  # recorded where used (older keys have none)
+            res["pretrain_aug"] = {"rotation_deg": cfg["pretrain_aug_rotation_deg"], "colour": cfg["pretrain_aug_colour"]}
         res["recipe"] = args.recipe
         # the bootstrapped-label run of rung 3 keeps a key of its own beside the raw one, so both can be compared
         key = "rung3_bootstrapped" if r == 3 and cfg["labels"] == "bootstrapped" else f"rung{r}"

@@ -78,6 +78,8 @@ def test_the_chosen_recipes_are_those_of_the_runs_the_committed_results_hold():
         assert options == held["options"], rung
         assert cfg["pretrain_steps"] == held["pretrain_steps"] and cfg["steps"] == held["steps"], rung
         assert {k: cfg[k] for k in held["data"]} == held["data"], rung
+        aug = held.get("pretrain_aug", {"rotation_deg": 0.0, "colour": 0.0})  # keys from before the option have none
+        assert (cfg["pretrain_aug_rotation_deg"], cfg["pretrain_aug_colour"]) == (aug["rotation_deg"], aug["colour"])
 
 
 def test_results_merge_keeps_other_rungs_and_the_history(tmp_path):
@@ -464,3 +466,29 @@ def test_pretrain_check_keeps_a_variant_below_the_reference_seeds_by_more_than_t
     assert set(out["verdicts"]) == {"better", "level"}
     with pytest.raises(SystemExit, match="at least two"):
         pc.verdicts(values, ["p0"])
+
+
+def test_pretraining_augmentation_reaches_the_pretraining_task_and_leaves_unaugmented_names_alone(tmp_path):
+    """--pretrain-aug-* set PretrainBackbone's augmentation; at 0 the task is the one made before the options
+    existed (same run directory), so a cached pretraining is found again."""
+    from tasks.train import PretrainBackbone
+
+    class Dataset:  # the one method Ladder.pretrain reads
+        def output(self):
+            return type("T", (), {"path": str(tmp_path / "index.json")})()
+
+    built = []
+    none = dict.fromkeys(learnability.CONFIG_FLAGS)
+    flags = dict(none, pretrain_aug_rotation_deg=30.0, pretrain_aug_colour=0.2)
+    for f in (none, flags):
+        cfg, options = learnability.rung_recipe(2, "chosen", f, {})
+        ladder = learnability.Ladder(cfg, tmp_path, options)
+        ladder.build = lambda tasks, what: built.extend(tasks)  # noqa: E731  (build nothing: only the task's parameters)
+        ladder.pretrain(Dataset(), 0)
+    plain, augmented = built
+    assert (plain.aug_rotation_deg, plain.aug_colour) == (0.0, 0.0)
+    assert (augmented.aug_rotation_deg, augmented.aug_colour) == (30.0, 0.2)
+    before = PretrainBackbone(dataset=plain.dataset, out=plain.out, backbone=plain.backbone, steps=plain.steps,
+                              batch_size=plain.batch_size, lr=plain.lr, seed=plain.seed, confidence=plain.confidence,
+                              checkpoint_every=plain.checkpoint_every, labels=plain.labels, precision=plain.precision)
+    assert plain.run_dir == before.run_dir and augmented.run_dir != plain.run_dir
