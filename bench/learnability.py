@@ -162,18 +162,24 @@ class Ladder:
                               crop_size=c["crop_size"], frames_per_shard=c["frames_per_shard"], val_fraction=0.0,
                               test_fraction=0.0, **labels)
 
+    def pretrain_task(self, dataset: PrepareDataset, seed: int, **overrides) -> PretrainBackbone:
+        """The 2D pretraining of the backbone on the dataset's labels, ``pretrain_steps`` long; ``overrides``
+        set other PretrainBackbone parameters (bench/pretrain_check.py's variants)."""
+        c = self.cfg
+        params = dict(dataset=dataset.output().path, out=str(self.out / "pretrain"), backbone=c["backbone"],
+                      steps=c["pretrain_steps"], batch_size=c["batch_size"] * 2, lr=1e-3, seed=seed,
+                      confidence="raw", checkpoint_every=max(1, min(250, c["pretrain_steps"])),
+                      labels=self.options.get("labels", "raw"),
+                      precision=self.options.get("precision", "auto"),  # as the training it feeds
+                      # at 0 (the default) the task's name is what it was before these options existed
+                      aug_rotation_deg=c["pretrain_aug_rotation_deg"], aug_colour=c["pretrain_aug_colour"])
+        return PretrainBackbone(**dict(params, **overrides))
+
     def pretrain(self, dataset: PrepareDataset, seed: int) -> str | None:
         """With ``pretrain_steps``: the backbone pretrained on the dataset's 2D labels (its weights file)."""
-        c = self.cfg
-        if not c["pretrain_steps"]:
+        if not self.cfg["pretrain_steps"]:
             return None
-        t = PretrainBackbone(dataset=dataset.output().path, out=str(self.out / "pretrain"), backbone=c["backbone"],
-                             steps=c["pretrain_steps"], batch_size=c["batch_size"] * 2, lr=1e-3, seed=seed,
-                             confidence="raw", checkpoint_every=max(1, min(250, c["pretrain_steps"])),
-                             labels=self.options.get("labels", "raw"),
-                             precision=self.options.get("precision", "auto"),  # as the training it feeds
-                             # at 0 (the default) the task's name is what it was before these options existed
-                             aug_rotation_deg=c["pretrain_aug_rotation_deg"], aug_colour=c["pretrain_aug_colour"])
+        t = self.pretrain_task(dataset, seed)
         self.build([t], "2D pretraining of the backbone")
         return t.output().path
 
@@ -298,9 +304,7 @@ def rung1(ladder: Ladder) -> dict:
 
 
 def _generalisation(ladder: Ladder, labels: dict, seeds: tuple, name: str) -> dict:
-    ring, dome = training_seeds(ladder.cfg["captures"])
-    caps = [ladder.capture(f"train-ring-{s}", True, seed=s, rig="ring", occluders=0) for s in ring]
-    caps += [ladder.capture(f"train-dome-{s}", True, seed=s, rig="dome", occluders=2) for s in dome]
+    caps = training_captures(ladder)
     val_cap = ladder.capture(f"val-ring-{VAL_SEED}", seed=VAL_SEED, rig="ring", occluders=0,
                              frames=max(3, ladder.cfg["frames"] // 2))
     test_caps = {k: ladder.capture(f"test-{k}", **scored_capture(kw, ladder.cfg["frames"])) for k, kw in TESTS.items()}
@@ -344,6 +348,13 @@ def scored_capture(spec: dict, frames: int) -> dict:
     kw = dict(spec)
     kw["frames"] = frames * kw.pop("frames_times", 1)
     return kw
+
+
+def training_captures(ladder: Ladder) -> list:
+    """Rungs 2-3's training captures (:func:`training_seeds`), with the ladder's diversity settings."""
+    ring, dome = training_seeds(ladder.cfg["captures"])
+    return ([ladder.capture(f"train-ring-{s}", True, seed=s, rig="ring", occluders=0) for s in ring]
+            + [ladder.capture(f"train-dome-{s}", True, seed=s, rig="dome", occluders=2) for s in dome])
 
 
 def training_seeds(captures: int) -> tuple[list, list]:

@@ -89,13 +89,9 @@ def main() -> None:
     if reference and (len(reference) < 2 or any(r not in variants for r in reference)):
         raise SystemExit(f"pretrain_check: --reference needs at least two of the variants, got {reference}")
 
-    from tasks.train import PretrainBackbone
-
-    cfg, options = L.rung_recipe(2, "chosen", {}, {})
+    cfg, options = L.rung_recipe(2, "chosen", {"pretrain_steps": args.steps}, {})
     ladder = L.Ladder(cfg, Path(args.out), options)
-    ring, dome = L.training_seeds(cfg["captures"])
-    caps = [ladder.capture(f"train-ring-{s}", True, seed=s, rig="ring", occluders=0) for s in ring]
-    caps += [ladder.capture(f"train-dome-{s}", True, seed=s, rig="dome", occluders=2) for s in dome]
+    caps = L.training_captures(ladder)
     val = {k: ladder.capture(k, **L.scored_capture(kw, L.DEFAULT["frames"])) for k, kw in CANDIDATES.items()}
     ladder.build(caps + list(val.values()), "pretrain check: captures")
     train_ds = ladder.dataset(caps, L.PERFECT)
@@ -106,12 +102,7 @@ def main() -> None:
                     "training_captures": len(caps), "variants": {}}
     values = {}
     for name, opts in variants.items():
-        params = dict(dataset=train_ds.output().path, out=str(Path(args.out) / "pretrain"), backbone=cfg["backbone"],
-                      steps=args.steps, batch_size=cfg["batch_size"] * 2, lr=1e-3, seed=0, confidence="raw",
-                      checkpoint_every=max(1, min(250, args.steps)), labels=options.get("labels", "raw"),
-                      precision=options.get("precision", "auto"))
-        params.update(opts)
-        task = PretrainBackbone(**params)
+        task = ladder.pretrain_task(train_ds, **dict({"seed": 0}, **opts))
         t0 = time.time()
         ladder.build([task], f"pretrain check: {name}")
         row = L.keypoint_errors(task.output().path, {"own_frames": train_ds.output().path}, cfg["backbone"])
