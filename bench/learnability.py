@@ -324,7 +324,8 @@ def _generalisation(ladder: Ladder, labels: dict, seeds: tuple, name: str) -> di
                                                 ladder.cfg["resamples"]).to_json() for m in MODES}
     res["training_data"] = {"captures": len(caps), "frames": len(caps) * ladder.cfg["frames"],
                             "keyframe_every": ladder.cfg["keyframe_every"], "pose_prior": ladder.cfg["pose_prior"],
-                            "rigs": {"ring": len(ring), "dome_occluders": len(dome)}}
+                            "rigs": dict(zip(("ring", "dome_occluders"),
+                                             map(len, training_seeds(ladder.cfg["captures"]))))}
     # how many distinct poses each scored capture holds: its frames move smoothly from one key pose to the next
     # over this many key-pose intervals (1.5 for the default captures: a first pose, a second, half-way to a
     # third, so their frame-bootstrap intervals speak for these few poses; about 32 for the "-wide" ones)
